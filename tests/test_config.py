@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xaipipe.config import deep_merge, load_config, train_settings, validate_config
+from xaipipe.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_paper_config_is_valid_and_faithful():
+    config = load_config(REPO / "config.yaml")
+    assert config["dataset"]["name"] == "voc2012"
+    assert config["resolution"] == 224
+    assert config["train"]["epochs"] == 100
+    assert config["variants"] == ["standard", "black", "noise", "mixed"]
+
+
+def test_demo_overlay_merges_like_snakemake():
+    config = load_config([REPO / "config.yaml", REPO / "config" / "demo.yaml"])
+    assert config["dataset"]["name"] == "synthetic"
+    assert config["train"]["momentum"] == 0.9  # kept from config.yaml
+    assert config["undesirable"]["lambda1"] == 1.7  # schema default
+
+
+@pytest.mark.parametrize(
+    "overlay, key_path",
+    [
+        ({"variants": ["standard", "sepia"]}, "variants.1"),
+        ({"roar": {"fractions": [0.3, 1.5]}}, "roar.fractions.1"),
+        ({"roar": {"fractions": [0.0]}}, "roar.fractions.0"),
+        ({"train": {"epochs": -1}}, "train.epochs"),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name"),
+        ({"train": {"lr_typo": 0.1}}, "train"),
+    ],
+)
+def test_invalid_values_are_rejected_with_key_path(overlay, key_path):
+    config = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), overlay)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    assert f"  {key_path}:" in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nothere.yaml"):
+        load_config(tmp_path / "nothere.yaml")
+
+
+def test_train_overrides_apply_to_one_variant():
+    config = load_config(REPO / "config.yaml")
+    config["train_overrides"] = {"black": {"lr": 0.5}}
+    assert train_settings(config, "black")["lr"] == 0.5
+    assert train_settings(config, "standard")["lr"] == 0.01

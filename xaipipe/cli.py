@@ -1,0 +1,53 @@
+"""Shared command-line plumbing for ``workflow_scripts/*.py``.
+
+Every stage script is called the same way by Snakemake, DVC and people::
+
+    python workflow_scripts/<stage>.py --config config.yaml [config/demo.yaml ...] [--variant V ...]
+
+``--config`` takes one or more YAML files merged in order (as Snakemake merges
+``--configfile``). Output paths come from :mod:`xaipipe.paths`, never from arguments, so the
+three runners cannot disagree about where things are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from xaipipe.config import load_config
+from xaipipe.errors import XaipipeError
+
+log = logging.getLogger("xaipipe")
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", nargs="+", default=["config.yaml"], metavar="YAML",
+        help="config file(s), merged in order; later files override earlier ones "
+             "(default: config.yaml)",
+    )
+    return parser
+
+
+def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse.ArgumentParser,
+              argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, load + validate the config, run ``main(args, config)``.
+
+    A :class:`XaipipeError` (bad config, bad input file) is printed as one clear line and
+    exits with status 1, without a traceback: the message already names the file and fix.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        main(args, config)
+    except XaipipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

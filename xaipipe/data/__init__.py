@@ -1,0 +1,1 @@
+"""Data stages: VOC download, synthetic generator, index, variants and the tensor store."""

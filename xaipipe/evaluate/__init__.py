@@ -1,0 +1,1 @@
+"""Evaluation: ROAR/KAR/ROAD, SCG/CCG confidence gain, localisation."""

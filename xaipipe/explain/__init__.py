@@ -1,0 +1,1 @@
+"""Explanations: attribution maps, feature visualisation, undesirable pixels, sanity checks."""

@@ -1,0 +1,1 @@
+"""Aggregation of every stage's numbers into tables, figures and the HTML report."""
