@@ -117,9 +117,36 @@ def roar_result(config: Mapping, kind: str, variant: str, method: str,
             / f"fraction{fraction:g}_seed{seed}.json")
 
 
+def roar_summary_dir(config: Mapping) -> Path:
+    """ROAR/KAR aggregate: table over seeds, curves per variant, area-vs-random scores."""
+    return results(config) / "evaluate" / "roar_summary"
+
+
 def metrics_dir(config: Mapping, variant: str) -> Path:
-    """SCG/CCG, localisation, ROAD and feature-visualisation numbers of one variant."""
+    """SCG/CCG, localisation and ROAD numbers of one variant."""
     return results(config) / "evaluate" / "metrics" / variant
+
+
+def road_result(config: Mapping, variant: str, method: str) -> Path:
+    return metrics_dir(config, variant) / f"road_{method}.json"
+
+
+def confidence_gain_table(config: Mapping, variant: str) -> Path:
+    return metrics_dir(config, variant) / "confidence_gain.csv"
+
+
+def localisation_table(config: Mapping, variant: str) -> Path:
+    return metrics_dir(config, variant) / "localisation.csv"
+
+
+def featvis_metrics_table(config: Mapping) -> Path:
+    """Recognisability and high-frequency share of every variant's visualisations."""
+    return results(config) / "evaluate" / "featvis_metrics.csv"
+
+
+REFERENCE_MODEL = "standard_reference"
+"""An independently seeded ``standard`` model (trained like ``standard`` with seed + 1) that
+judges feature-visualisation recognisability; lives at ``model_dir(config, REFERENCE_MODEL)``."""
 
 
 def report_dir(config: Mapping) -> Path:
