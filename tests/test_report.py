@@ -1,0 +1,240 @@
+"""aggregate + report stages on a fixture of fake stage outputs written with the upstream
+writers' formats (tiny: 2 variants, 4 classes, 16 px), plus a headless-Chromium check."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, fake_split, run_workflow_script
+from xaipipe import paths
+from xaipipe.config import deep_merge, load_config, validate_config
+from xaipipe.data.store import write_split
+from xaipipe.evaluate.localisation import localisation_rows
+from xaipipe.evaluate.roar_summary import plot_curves
+from xaipipe.io import save_npy, write_json
+from xaipipe.report.aggregate import (NOT_AVAILABLE, PAPER_ROW, aggregate_tables,
+                                      confidence_gain_wide, run_aggregate)
+from xaipipe.report.build import run_report
+from xaipipe.report.findings import METRICS, best_variant, findings
+from xaipipe.report.html import PNG_SIGNATURE
+from xaipipe.train_stage import plot_learning_curve
+
+VARIANTS = ["standard", "black"]
+METHODS = ["gradient", "random"]
+SIZE = 16
+OVERRIDES = {"variants": VARIANTS, "explain": {"methods": METHODS}, "report": {"saliency_images": 2}}
+
+
+@pytest.fixture(scope="module")
+def pristine_outputs(tmp_path_factory):
+    """Config + fake outputs of train, attribute, featvis, confidence_gain, localisation,
+    undesirable, roar_summary and featvis_metrics for two variants ("black" is the more
+    object-focused one by every metric); written once per module."""
+    base = load_config([REPO / "config.yaml", REPO / "config" / "demo.yaml"])
+    base["results_dir"] = str(tmp_path_factory.mktemp("report") / "results")
+    config = validate_config(deep_merge(base, OVERRIDES), source="test_report")
+    rng = np.random.default_rng(0)
+    for k, variant in enumerate(VARIANTS):
+        val = fake_split(n=4, size=SIZE, variant=variant, split="val")
+        write_split(paths.variant_split_dir(config, variant, "val"), val)
+        write_json(paths.model_metrics(config, variant), {
+            "train_accuracy": 0.9 + 0.05 * k, "val_accuracy": 0.8, "val_matched_accuracy": 0.7,
+            "loss": 0.1, "fg_only_val_accuracy": 0.6, "bg_only_val_accuracy": 0.5 - 0.25 * k,
+            "chance_accuracy": 0.25, "epochs": 2, "seed": 0})
+        plot_learning_curve([{"epoch": 1, "loss": 1.0, "val_acc": 0.5}], 0.25,
+                            paths.model_curve(config, variant), variant)
+        maps = {}
+        for method in METHODS:
+            maps[method] = rng.random((4, SIZE, SIZE)).astype(np.float16)
+            maps[method][:, 4:8, 4:8] += 2 * k * (method != "random")
+            save_npy(paths.attribution_map(config, variant, method, "val"), maps[method])
+        frame = pd.DataFrame(localisation_rows(variant, maps, val.masks, "clip"))
+        paths.localisation_table(config, variant).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(paths.localisation_table(config, variant), index=False)
+        save_npy(paths.featvis_dir(config, variant) / "featvis.npy",
+                 rng.random((4, 3, SIZE, SIZE)).astype(np.float16))
+        cg = pd.DataFrame([{"variant": variant, "mask": mask, "kind": "single" if "+" not in mask else "agreement",
+                            "rho": rho, "kernel": kernel, "scg_mean": 0.1 + 0.1 * k, "ccg_mean": 0.2 + 0.1 * k}
+                           for mask in (*METHODS, "+".join(METHODS)) for kernel in ("gaussian", "zero")
+                           for rho in (0.05, 0.25)])
+        cg.to_csv(paths.confidence_gain_table(config, variant), index=False)
+        write_json(paths.undesirable_dir(config, variant) / "results.json", {
+            "variant": variant, "num_images": 4, "methods": {
+                m: {"phi": 40.0 + k, "undesirable_ratio": 0.03, "background_share": 0.8 - 0.3 * k}
+                for m in ("ftc", "fntc")}})
+    roar_dir = paths.roar_summary_dir(config)
+    roar_dir.mkdir(parents=True)
+    pd.DataFrame([{"kind": kind, "variant": v, "method": m, "mean": (0.1 + 0.1 * k) * (m != "random"),
+                   "std": 0.01, "n": 2} for kind in ("roar", "kar") for k, v in enumerate(VARIANTS)
+                  for m in METHODS]).to_csv(roar_dir / "roar_scores.csv", index=False)
+    curve = pd.DataFrame([{"kind": "roar", "variant": v, "method": m, "fraction": f, "mean": 0.5, "std": 0.1}
+                          for v in VARIANTS for m in METHODS for f in (0.3, 0.7)])
+    plot_curves(curve, "roar", "standard", roar_dir / "curves_roar_standard.png")
+    pd.DataFrame([{"variant": v, "judge": "own", "metric": "recognisability", "mean": 0.5, "std": 0.1, "n": 4}
+                  for v in VARIANTS]).to_csv(paths.featvis_metrics_table(config), index=False)
+    return config
+
+
+@pytest.fixture
+def stage_outputs(pristine_outputs, tmp_path):
+    """A private copy of :func:`pristine_outputs` that a test may damage."""
+    config = {**pristine_outputs, "results_dir": str(tmp_path / "results")}
+    shutil.copytree(pristine_outputs["results_dir"], config["results_dir"])
+    return config
+
+
+def _embedded_images(html: str) -> list[bytes]:
+    return [base64.b64decode(b64) for b64 in re.findall(r"src='data:image/png;base64,([^']+)'", html)]
+
+
+def test_report_builds_and_every_image_is_png(stage_outputs):
+    config = stage_outputs
+    assert run_workflow_script("aggregate", ["--config", *_config_files(config)]) == 0
+    assert run_workflow_script("report", ["--config", *_config_files(config)]) == 0
+    html = paths.report_html(config).read_text()
+    images = _embedded_images(html)
+    # curves x2, featvis grid, saliency grid, roar curve, undesirable figures are absent
+    assert len(images) == 5
+    assert all(image.startswith(PNG_SIGNATURE) for image in images)
+    assert "src='" not in re.sub(r"src='data:image/png;base64,[^']+'", "", html)
+    assert (paths.report_figures_dir(config) / "featvis_grid.png").is_file()
+    assert (paths.report_figures_dir(config) / "saliency_grid.png").is_file()
+    for heading in ("Table I reproduction", "SCG / CCG", "Undesirable pixels (phi)", "ROAR / KAR",
+                    "Localisation", "Findings"):
+        assert heading in html
+    assert "Not available: sanity-check tables" in html
+    assert "Energy in mask: black is most object-focused" in html
+
+
+def _config_files(config) -> list[str]:
+    """The stage scripts' ``--config``: config.yaml, the demo overlay and the test's
+    overrides (as JSON, which is valid YAML)."""
+    overlay = paths.results(config).parent / "test_overlay.yaml"
+    overlay.write_text(json.dumps({**OVERRIDES, "results_dir": config["results_dir"]}))
+    return [str(REPO / "config.yaml"), str(REPO / "config" / "demo.yaml"), str(overlay)]
+
+
+def test_table1_has_paper_numbers_and_percent(stage_outputs):
+    table = aggregate_tables(stage_outputs)["table1"].set_index("variant")
+    assert table.loc["black", "train_acc"] == pytest.approx(95.0)
+    assert table.loc["black", "bg_only_acc"] == pytest.approx(25.0)
+    assert table.loc["black", ["paper_train_acc", "paper_val_acc", "paper_loss"]].tolist() == [99.62, 83.55, 0.002]
+
+
+def test_confidence_gain_layout_hand_computed():
+    long = pd.DataFrame([{"variant": "v", "mask": "g", "kind": "single", "rho": rho, "kernel": kernel,
+                          "scg_mean": scg, "ccg_mean": scg / 2}
+                         for (kernel, rho, scg) in (("zero", 0.05, 0.4), ("gaussian", 0.05, 0.2),
+                                                    ("gaussian", 0.25, 0.1), ("zero", 0.25, 0.3))])
+    wide = confidence_gain_wide(long)
+    assert list(wide.columns[3:]) == [
+        "G_k rho=25% CCG", "G_k rho=25% SCG", "G_k rho=5% CCG", "G_k rho=5% SCG",
+        "Z_k rho=25% CCG", "Z_k rho=25% SCG", "Z_k rho=5% CCG", "Z_k rho=5% SCG"]
+    assert wide.loc[0, "Z_k rho=5% SCG"] == pytest.approx(40.0)
+    assert wide.loc[0, "G_k rho=25% CCG"] == pytest.approx(5.0)
+
+
+def test_findings_name_the_right_variant_on_hand_made_tables():
+    tables = {
+        "localisation": pd.DataFrame({"variant": ["a", "a", "b", "b", "b"],
+                                      "subject": ["gradient", "random", "gradient", "random", "chance"],
+                                      "metric": ["energy_in_mask"] * 5, "mean": [0.6, 0.9, 0.7, 0.1, 0.95]}),
+        "table1": pd.DataFrame({"variant": ["a", "b"], "bg_only_acc": [30.0, 40.0]}),
+        "roar_scores": pd.DataFrame({"kind": ["roar", "roar", "kar"], "variant": ["a", "b", "a"],
+                                     "method": ["gradient"] * 3, "mean": [0.2, 0.1, 0.9], "std": [0.05, 0.01, 0]}),
+        "confidence_gain": pd.DataFrame({"variant": ["a", "b", "b"], "mask": ["gradient"] * 2 + ["gradient+x"],
+                                         "kind": ["single", "single", "agreement"],
+                                         "G_k rho=5% SCG": [1.0, 2.0, 99.0]}),
+        "phi": pd.DataFrame({"variant": ["a", "b", PAPER_ROW], "background_share_ftc": [0.5, 0.4, np.nan],
+                             "background_share_fntc": [0.5, 0.2, np.nan]}),
+    }
+    by_label = {m.label: best_variant(m, tables) for m in METRICS}
+    assert by_label == {"Energy in mask": "b", "Pointing game": None, "Background-only accuracy": "a",
+                        "ROAR score vs random": "a", "SCG": "b", "CCG": None,
+                        "Undesirable background share": "b"}
+    lines = findings(tables)
+    assert "a 0.2 ± 0.05, b 0.1 ± 0.01" in lines[3]
+    assert lines[1] == "Pointing game: not available."
+
+
+def test_missing_optional_input_is_not_available(stage_outputs):
+    config = stage_outputs
+    shutil.rmtree(paths.undesirable_dir(config, "black"))
+    shutil.rmtree(paths.roar_summary_dir(config))
+    tables = run_aggregate(config)
+    sources = tables["sources"].set_index("path")["status"]
+    assert sources[str(paths.undesirable_dir(config, "black") / "results.json")] == NOT_AVAILABLE
+    assert tables["roar_scores"].empty
+    assert list(tables["phi"]["variant"]) == ["standard", PAPER_ROW]
+    run_report(config)
+    html = paths.report_html(config).read_text()
+    assert "Not available: ROAR/KAR scores" in html
+    assert "ROAR score vs random: not available." in html
+
+
+@pytest.mark.parametrize("stage", ["aggregate", "report"])
+def test_malformed_file_is_a_clear_error_and_leaves_no_output(stage_outputs, capsys, stage):
+    config = stage_outputs
+    if stage == "aggregate":
+        bad = paths.model_metrics(config, "black")
+        bad.write_text("{not json")
+        outputs = [paths.report_table(config, "table1"), paths.report_html(config)]
+    else:
+        run_aggregate(config)
+        bad = paths.model_curve(config, "black")
+        bad.write_bytes(b"not a png")
+        outputs = [paths.report_html(config)]
+    assert run_workflow_script(stage, ["--config", *_config_files(config)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "rerun" in err
+    assert not any(p.exists() for p in outputs)
+    assert not list(paths.report_dir(config).glob(".*.tmp"))
+
+
+CHECK_SCRIPT = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(
+  e.message || ('resource ' + (e.target && e.target.src || '').slice(0, 40))), true);
+const origError = console.error;
+console.error = (...a) => { window.__errors.push('console: ' + a.join(' ')); origError(...a); };
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt);
+  const out = document.createElement('pre');
+  out.id = 'xaipipe-check';
+  out.textContent = JSON.stringify({images: imgs.length, broken: broken, errors: window.__errors});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(stage_outputs, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium) -- browser check skipped")
+    config = stage_outputs
+    run_aggregate(config)
+    run_report(config)
+    page = paths.report_html(config).read_text().replace("<head>", "<head>" + CHECK_SCRIPT, 1)
+    checked = tmp_path / "checked.html"
+    checked.write_text(page)
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()],
+        capture_output=True, text=True, timeout=60)
+    match = re.search(r'<pre id="xaipipe-check">(.*?)</pre>', result.stdout)
+    assert match, f"check element missing; chromium stderr: {result.stderr[-2000:]}"
+    check = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert check == {"images": 5, "broken": [], "errors": []}
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console

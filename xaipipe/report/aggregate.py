@@ -1,0 +1,295 @@
+"""The ``aggregate`` stage: every upstream stage's JSON/CSV joined into tidy report tables.
+
+Each table is one pandas frame written atomically to ``paths.report_table(config, name)``
+(``results/report/<name>.csv``). A source that is absent (a stage switched off in the config,
+or not run yet) is *not available*: its table is written with its columns and no rows, and
+``sources.csv`` records the status of every file read. A source that is present but cannot be
+parsed is a :class:`DataError` naming the file, and nothing is written.
+
+Tables (names are :data:`TABLES`):
+
+- ``table1``: Nielsen et al. Table I (train accuracy %, val accuracy % on unmodified val,
+  loss) with the paper's numbers beside ours, plus val_matched, foreground-only,
+  background-only and chance accuracy (%).
+- ``confidence_gain``: SCG/CCG in the layout of the confidence-gain paper's Table 1: one row
+  per (variant, mask set), columns kernel (G_k, Z_k) x rho (25 %, 5 %) x (SCG, CCG), x 100.
+- ``phi``: Kang et al. Table 1/2 layout: phi (Eq. 8) of F-TC and F-NTC, undesirable-pixel
+  ratio and background share per variant, with the paper's ResNet-18 row.
+- ``localisation``, ``sanity``, ``roar_scores``, ``road_scores``, ``featvis_metrics``: the
+  upstream tidy tables concatenated over variants.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from xaipipe import paths
+from xaipipe.errors import DataError
+from xaipipe.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+NOT_AVAILABLE = "not available"
+
+PAPER_TABLE1 = {  # Nielsen et al., Table I: train accuracy %, val accuracy %, loss.
+    "standard": (99.49, 94.81, 0.022),
+    "black": (99.62, 83.55, 0.002),
+    "noise": (99.69, 78.95, 0.008),
+    "mixed": (99.95, 88.84, 0.003),
+}
+PAPER_PHI = {  # Kang et al., ResNet-18 row of Table 1 (phi) and Table 2 (ratio).
+    "phi_ftc": 44.898, "phi_fntc": 44.688, "ratio_ftc": 0.0360, "ratio_fntc": 0.0398,
+}
+PAPER_ROW = "ResNet-18 (Kang et al., paper)"
+
+TABLE1_COLUMNS = ["variant", "train_acc", "val_acc", "loss", "paper_train_acc", "paper_val_acc",
+                  "paper_loss", "val_matched_acc", "fg_only_acc", "bg_only_acc", "chance_acc",
+                  "epochs", "seed"]
+METRIC_KEYS = {  # metrics.json key -> table1 column (accuracies converted to %)
+    "train_accuracy": "train_acc", "val_accuracy": "val_acc", "loss": "loss",
+    "val_matched_accuracy": "val_matched_acc", "fg_only_val_accuracy": "fg_only_acc",
+    "bg_only_val_accuracy": "bg_only_acc", "chance_accuracy": "chance_acc",
+    "epochs": "epochs", "seed": "seed",
+}
+PHI_METHODS = {"ftc": "ftc", "fntc": "fntc"}
+PHI_COLUMNS = ["variant", "phi_ftc", "phi_fntc", "ratio_ftc", "ratio_fntc",
+               "background_share_ftc", "background_share_fntc", "num_images"]
+KERNEL_LABELS = {"gaussian": "G_k", "zero": "Z_k"}
+CG_REQUIRED = ["variant", "mask", "kind", "rho", "kernel", "scg_mean", "ccg_mean"]
+LOCALISATION_COLUMNS = ["variant", "subject", "metric", "mean", "std", "n", "excluded"]
+ROAR_SCORE_COLUMNS = ["kind", "variant", "method", "mean", "std", "n"]
+ROAD_SCORE_COLUMNS = ["variant", "method", "score"]
+FEATVIS_COLUMNS = ["variant", "judge", "metric", "mean", "std", "n"]
+SANITY_COLUMNS = ["variant", "file"]
+SOURCE_COLUMNS = ["table", "path", "status"]
+
+TABLES = ("table1", "confidence_gain", "phi", "localisation", "sanity", "roar_scores",
+          "road_scores", "featvis_metrics", "sources")
+
+
+@dataclass
+class Sources:
+    """Which input files were read (``ok``) and which were absent (``not available``)."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def note(self, table: str, path: Path, available: bool) -> None:
+        self.rows.append({"table": table, "path": str(path),
+                          "status": "ok" if available else NOT_AVAILABLE})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=SOURCE_COLUMNS)
+
+
+def read_json_if_present(path: Path, required: list[str]) -> dict | None:
+    """The JSON object at ``path``, ``None`` if absent; a DataError if unreadable or if a
+    ``required`` key is missing."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); rerun the stage that writes it") from exc
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DataError(f"{path} lacks key(s) {missing}; rerun the stage that writes it")
+    return data
+
+
+def read_csv_if_present(path: Path, required: list[str]) -> pd.DataFrame | None:
+    """The CSV at ``path``, ``None`` if absent; a DataError if unparsable or missing a column."""
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV ({exc}); rerun the stage that writes it") from exc
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}; rerun the stage that writes it")
+    return frame
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def table1(config: Mapping, sources: Sources) -> pd.DataFrame:
+    """Nielsen et al. Table I with the paper's numbers beside ours (accuracies in %)."""
+    rows = []
+    for variant in config["variants"]:
+        path = paths.model_metrics(config, variant)
+        metrics = read_json_if_present(path, ["train_accuracy", "val_accuracy"])
+        sources.note("table1", path, metrics is not None)
+        if metrics is None:
+            continue
+        row = {"variant": variant}
+        for key, column in METRIC_KEYS.items():
+            value = metrics.get(key)
+            row[column] = (100.0 * value if value is not None and column.endswith("_acc")
+                           else value)
+        paper = PAPER_TABLE1.get(variant, (np.nan,) * 3)
+        row.update(paper_train_acc=paper[0], paper_val_acc=paper[1], paper_loss=paper[2])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+
+
+def confidence_gain_wide(long: pd.DataFrame) -> pd.DataFrame:
+    """The confidence-gain paper's Table 1 layout from the stage's tidy table: one row per
+    (variant, mask set); columns ``<kernel> rho=<p>% <SCG|CCG>`` ordered G_k, Z_k, then
+    rho descending (25 % before 5 %), values x 100."""
+    if long.empty:
+        return pd.DataFrame(columns=["variant", "mask", "kind"])
+    parts = []
+    for metric in ("scg", "ccg"):
+        part = long[["variant", "mask", "kind", "kernel", "rho", f"{metric}_mean"]].rename(
+            columns={f"{metric}_mean": "value"})
+        parts.append(part.assign(metric=metric.upper()))
+    stacked = pd.concat(parts, ignore_index=True)
+    stacked["value"] = 100.0 * stacked["value"]
+    wide = stacked.pivot_table(index=["variant", "mask", "kind"], columns=["kernel", "rho", "metric"],
+                               values="value", aggfunc="first", sort=False)
+    order = sorted(wide.columns, key=lambda c: (list(KERNEL_LABELS).index(c[0])
+                                                if c[0] in KERNEL_LABELS else 99, -c[1], c[2]))
+    wide = wide[order]
+    wide.columns = [f"{KERNEL_LABELS.get(k, k)} rho={100 * r:g}% {m}" for k, r, m in order]
+    wide = wide.reset_index()
+    variant_order = {v: i for i, v in enumerate(dict.fromkeys(long["variant"]))}
+    mask_order = {m: i for i, m in enumerate(dict.fromkeys(long["mask"]))}
+    return (wide.sort_values(by=["variant", "mask"],
+                             key=lambda s: s.map(variant_order if s.name == "variant" else mask_order))
+            .reset_index(drop=True))
+
+
+def confidence_gain(config: Mapping, sources: Sources) -> pd.DataFrame:
+    frames = []
+    for variant in config["variants"]:
+        path = paths.confidence_gain_table(config, variant)
+        frame = read_csv_if_present(path, CG_REQUIRED)
+        sources.note("confidence_gain", path, frame is not None)
+        if frame is not None:
+            frames.append(frame)
+    return confidence_gain_wide(_concat(frames, CG_REQUIRED))
+
+
+def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
+    """Kang et al. Table 1 (phi) / Table 2 (undesirable ratio) per variant, plus background
+    share, and the paper's ResNet-18 row last."""
+    rows = []
+    for variant in config["variants"]:
+        path = paths.undesirable_dir(config, variant) / "results.json"
+        results = read_json_if_present(path, ["methods"])
+        sources.note("phi", path, results is not None)
+        if results is None:
+            continue
+        row = {"variant": variant, "num_images": results.get("num_images")}
+        for method in PHI_METHODS:
+            numbers = results["methods"].get(method)
+            if numbers is None:
+                continue
+            if not isinstance(numbers, dict) or "phi" not in numbers:
+                raise DataError(f"{path}: methods.{method} lacks 'phi'; rerun the undesirable stage")
+            row[f"phi_{method}"] = numbers["phi"]
+            row[f"ratio_{method}"] = numbers.get("undesirable_ratio")
+            row[f"background_share_{method}"] = numbers.get("background_share")
+        rows.append(row)
+    rows.append({"variant": PAPER_ROW, **PAPER_PHI})
+    return pd.DataFrame(rows, columns=PHI_COLUMNS)
+
+
+def per_variant_csv(config: Mapping, sources: Sources, name: str, path_of, required: list[str]) -> pd.DataFrame:
+    """Concatenate one CSV per variant (``path_of(config, variant)``), adding ``variant``."""
+    frames = []
+    for variant in config["variants"]:
+        path = path_of(config, variant)
+        frame = read_csv_if_present(path, [c for c in required if c != "variant"])
+        sources.note(name, path, frame is not None)
+        if frame is not None:
+            frames.append(frame.assign(variant=variant) if "variant" not in frame else frame)
+    return _concat(frames, required)
+
+
+def sanity_table(config: Mapping, sources: Sources) -> pd.DataFrame:
+    """Every CSV of every variant's sanity directory, with ``variant`` and ``file`` columns
+    (the sanity stage's own columns are kept as they are)."""
+    frames = []
+    for variant in config["variants"]:
+        directory = paths.sanity_dir(config, variant)
+        files = sorted(directory.glob("*.csv")) if directory.is_dir() else []
+        sources.note("sanity", directory, bool(files))
+        for path in files:
+            frame = read_csv_if_present(path, [])
+            frames.append(frame.assign(variant=variant, file=path.name))
+    return _concat(frames, SANITY_COLUMNS)
+
+
+def single_csv(sources: Sources, name: str, path: Path, required: list[str]) -> pd.DataFrame:
+    frame = read_csv_if_present(path, required)
+    sources.note(name, path, frame is not None)
+    return frame if frame is not None else pd.DataFrame(columns=required)
+
+
+def aggregate_tables(config: Mapping) -> dict[str, pd.DataFrame]:
+    """Read every upstream output and return the report tables (:data:`TABLES`) in memory."""
+    sources = Sources()
+    roar_dir = paths.roar_summary_dir(config)
+    tables = {
+        "table1": table1(config, sources),
+        "confidence_gain": confidence_gain(config, sources),
+        "phi": phi_table(config, sources),
+        "localisation": per_variant_csv(config, sources, "localisation", paths.localisation_table,
+                                        LOCALISATION_COLUMNS),
+        "sanity": sanity_table(config, sources),
+        "roar_scores": single_csv(sources, "roar_scores", roar_dir / "roar_scores.csv", ROAR_SCORE_COLUMNS),
+        "road_scores": single_csv(sources, "road_scores", roar_dir / "road_scores.csv", ROAD_SCORE_COLUMNS),
+        "featvis_metrics": single_csv(sources, "featvis_metrics", paths.featvis_metrics_table(config),
+                                      FEATVIS_COLUMNS),
+    }
+    tables["sources"] = sources.frame()
+    return tables
+
+
+def write_tables(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[Path]:
+    written = []
+    for name, frame in tables.items():
+        path = paths.report_table(config, name)
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+        written.append(path)
+    return written
+
+
+def run_aggregate(config: Mapping) -> dict[str, pd.DataFrame]:
+    """The ``aggregate`` stage: read everything first (so a malformed file leaves no
+    output), then write every table."""
+    tables = aggregate_tables(config)
+    write_tables(config, tables)
+    missing = tables["sources"].query("status == @NOT_AVAILABLE")
+    log.info("aggregate: %d tables -> %s (%d of %d sources not available)", len(tables),
+             paths.report_dir(config), len(missing), len(tables["sources"]))
+    return tables
+
+
+def read_tables(config: Mapping) -> dict[str, pd.DataFrame]:
+    """The aggregate stage's tables, for the report stage; a missing one is a DataError."""
+    tables = {}
+    for name in TABLES:
+        path = paths.report_table(config, name)
+        if not path.is_file():
+            raise DataError(f"{path} does not exist; run the aggregate stage first")
+        try:
+            tables[name] = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path} is not a readable CSV ({exc}); rerun the aggregate stage") from exc
+    if "variant" not in tables["table1"].columns:
+        raise DataError(f"{paths.report_table(config, 'table1')} lacks column 'variant'; "
+                        "rerun the aggregate stage")
+    return tables

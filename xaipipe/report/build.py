@@ -1,0 +1,202 @@
+"""The ``report`` stage: ``results/report/index.html`` from the aggregate tables and the
+upstream figures.
+
+The page is self-contained (:mod:`xaipipe.report.html` embeds every figure as a data URI).
+Figures the report draws itself -- the feature-visualisation grid (Nielsen et al. Fig. 4,
+via :func:`xaipipe.explain.featvis.featvis_grid`) and a saliency grid (val images x
+attribution methods, one block per variant) -- are written as PNGs to
+``paths.report_figures_dir``. Anything an upstream stage did not produce is shown as "Not
+available"; a present but malformed file stops the stage before ``index.html`` is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from xaipipe import paths  # noqa: E402
+from xaipipe.data.store import read_split  # noqa: E402
+from xaipipe.explain.featvis import featvis_grid  # noqa: E402
+from xaipipe.io import atomic_path, write_text  # noqa: E402
+from xaipipe.report.aggregate import PAPER_ROW, read_tables  # noqa: E402
+from xaipipe.report.findings import findings  # noqa: E402
+from xaipipe.report.html import Section, render_page  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+FEATVIS_GRID = "featvis_grid.png"
+SALIENCY_GRID = "saliency_grid.png"
+
+
+def _class_names(config: Mapping, variant: str) -> list[str] | None:
+    meta = paths.variant_split_dir(config, variant, "val") / "meta.json"
+    return read_split(meta.parent).class_names if meta.is_file() else None
+
+
+def draw_featvis_grid(config: Mapping) -> Path | None:
+    """Rows = variants with a featvis directory, columns = classes (at most
+    ``report.featvis_classes``); ``None`` when no variant has one."""
+    dirs = {v: paths.featvis_dir(config, v) for v in config["variants"]
+            if (paths.featvis_dir(config, v) / "featvis.npy").is_file()}
+    if not dirs:
+        return None
+    class_names = _class_names(config, next(iter(dirs)))
+    if class_names is None:
+        return None
+    out = paths.report_figures_dir(config) / FEATVIS_GRID
+    classes = range(min(len(class_names), config["report"]["featvis_classes"]))
+    featvis_grid(dirs, class_names, out, classes=list(classes))
+    return out
+
+
+def draw_saliency_grid(config: Mapping) -> Path | None:
+    """The first ``report.saliency_images`` val images of each variant with their
+    ``explain.methods`` val maps (absolute value, each map scaled to its own maximum);
+    ``None`` when no variant has both a val store and a map. Hand-written matplotlib."""
+    methods = list(config["explain"]["methods"])
+    n_images = config["report"]["saliency_images"]
+    blocks = []
+    for variant in config["variants"]:
+        store = paths.variant_split_dir(config, variant, "val")
+        maps = {m: paths.attribution_map(config, variant, m, "val") for m in methods}
+        maps = {m: p for m, p in maps.items() if p.is_file()}
+        if not maps or not (store / "meta.json").is_file():
+            continue
+        split = read_split(store)
+        count = min(n_images, len(split))
+        blocks.append((variant, np.asarray(split.images[:count]),
+                       {m: np.load(p, mmap_mode="r")[:count].astype(np.float32) for m, p in maps.items()}))
+    if not blocks:
+        return None
+    rows = [(variant, i, images[i], maps) for variant, images, maps in blocks for i in range(len(images))]
+    fig = Figure(figsize=(1.4 * (1 + len(methods)) + 0.6, 1.4 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), 1 + len(methods), squeeze=False)
+    for r, (variant, i, image, maps) in enumerate(rows):
+        axes[r, 0].imshow(np.transpose(image, (1, 2, 0)))
+        axes[r, 0].set_ylabel(f"{variant} #{i}", fontsize=7)
+        for c, method in enumerate(methods, start=1):
+            if method in maps:
+                heat = np.abs(maps[method][i])
+                axes[r, c].imshow(heat / max(float(heat.max()), 1e-12), cmap="inferno", vmin=0, vmax=1)
+            if r == 0:
+                axes[r, c].set_title(method, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    out = paths.report_figures_dir(config) / SALIENCY_GRID
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    return out
+
+
+def _table_or_missing(section: Section, frame: pd.DataFrame, what: str, caption: str = "") -> None:
+    if frame.empty:
+        section.missing(what)
+    else:
+        section.table(frame, caption)
+
+
+def _figures(section: Section, figures: list[tuple[Path, str]], what: str) -> None:
+    present = [(p, c) for p, c in figures if p.is_file()]
+    for path, caption in present:
+        section.figure(path, caption)
+    if not present:
+        section.missing(what)
+
+
+def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[Section]:
+    """Every section of the page, in reading order."""
+    variants = list(config["variants"])
+    found = Section("Findings", "Auto-generated from the tables below; each line names the "
+                    "most object-focused variant by one metric.")
+    found.bullets(findings(dict(tables)))
+
+    training = Section("Table I reproduction", "Nielsen et al. Table I: our numbers beside the "
+                       "paper's (accuracies in %; val = unmodified val images). Extra columns: val "
+                       "with the variant's own treatment, foreground-only and background-only val.")
+    _table_or_missing(training, tables["table1"], "model metrics (train stage)")
+    _figures(training, [(paths.variant_examples_figure(config), "Training variants")],
+             "variant example figure (variant stage)")
+
+    curves = Section("Learning curves")
+    _figures(curves, [(paths.model_curve(config, v), f"{v}: loss and accuracy per epoch")
+                      for v in variants], "learning curves (train stage)")
+
+    featvis = Section("Feature visualisation", "Rows = variants, columns = classes "
+                      "(Nielsen et al. Fig. 4). Metrics: recognisability and high-frequency share.")
+    grid = draw_featvis_grid(config)
+    if grid is None:
+        featvis.missing("feature visualisations (featvis stage)")
+    else:
+        featvis.figure(grid, "Class visualisations per variant")
+    _table_or_missing(featvis, tables["featvis_metrics"], "featvis metrics (featvis_metrics stage)")
+
+    saliency = Section("Saliency maps", "First validation images per variant with each "
+                       "method's attribution (|value|, scaled per map).")
+    grid = draw_saliency_grid(config)
+    if grid is None:
+        saliency.missing("attribution maps (attribute stage)")
+    else:
+        saliency.figure(grid, "Attribution maps per variant and method")
+
+    roar = Section("ROAR / KAR", "Score = mean accuracy gap to the random baseline over the "
+                   "removed fractions (positive = better than random), mean ± std over seeds.")
+    _table_or_missing(roar, tables["roar_scores"], "ROAR/KAR scores (roar_summary stage)")
+    _table_or_missing(roar, tables["road_scores"], "ROAD scores (roar_summary stage, roar.road)",
+                      "ROAD (Rong et al. 2022), MoRF score in ROAR's sign convention")
+    summary = paths.roar_summary_dir(config)
+    _figures(roar, [(summary / f"curves_{kind}_{v}.png", f"{kind.upper()} curves: {v}")
+                    for kind in ("roar", "kar") for v in variants], "ROAR/KAR curves")
+
+    gain = Section("SCG / CCG", "Layout of the confidence-gain paper's Table 1: rows = methods "
+                   "and method pairs (agreement masks), columns = kernel (G_k Gaussian blur, Z_k "
+                   "zero) x rho x (SCG, CCG), values x 100; one block per variant.")
+    frame = tables["confidence_gain"]
+    if frame.empty:
+        gain.missing("SCG/CCG tables (confidence_gain stage)")
+    for variant, block in frame.groupby("variant", sort=False):
+        gain.table(block.drop(columns="variant"), f"Variant {variant}", float_format="{:.2f}")
+
+    phi = Section("Undesirable pixels (phi)", "Kang et al. Table 1 (phi, Eq. 8) and Table 2 "
+                  "(undesirable-pixel ratio) for F-TC and F-NTC, plus the share of undesirable "
+                  f"pixels on the background; the last row is the paper's ({PAPER_ROW}).")
+    if (tables["phi"]["variant"] != PAPER_ROW).any():
+        phi.table(tables["phi"], float_format="{:.4g}")
+    else:
+        phi.missing("undesirable-pixel results (undesirable stage)")
+    _figures(phi, [(paths.undesirable_dir(config, v) / "examples.png", f"{v}: undesirable pixels")
+                   for v in variants], "undesirable-pixel figures")
+
+    sanity = Section("Sanity checks", "Adebayo et al.: similarity of explanations under "
+                     "model-parameter and data randomisation.")
+    _table_or_missing(sanity, tables["sanity"], "sanity-check tables (sanity stage)")
+    _figures(sanity, [(p, f"{v}: {p.stem}") for v in variants
+                      for p in sorted(paths.sanity_dir(config, v).glob("*.png"))],
+             "sanity-check figures (sanity stage)")
+
+    local = Section("Localisation", "Energy in mask and pointing game per method (chance = "
+                    "foreground share), and accuracy on full / fg-only / bg-only val images.")
+    _table_or_missing(local, tables["localisation"], "localisation tables (localisation stage)")
+
+    sources = Section("Inputs", "Every file the aggregate stage looked for.")
+    _table_or_missing(sources, tables["sources"], "input list")
+    return [found, training, curves, featvis, saliency, roar, gain, phi, sanity, local, sources]
+
+
+def run_report(config: Mapping) -> Path:
+    """The ``report`` stage: build every section in memory, then write ``index.html``."""
+    tables = read_tables(config)
+    sections = build_sections(config, tables)
+    out = paths.report_html(config)
+    write_text(out, render_page(config["report"]["title"], sections,
+                                footer=f"results_dir {config['results_dir']}, seed {config['seed']}"))
+    log.info("report -> %s", out)
+    return out
