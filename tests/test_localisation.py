@@ -1,0 +1,130 @@
+"""Localisation against ground truth: energy in mask, pointing game, chance level, background
+reliance, and the stage script."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import run_workflow_script
+from xaipipe import paths
+from xaipipe.evaluate.localisation import (
+    CHANCE, MODEL, energy_in_mask, localisation_rows, pointing_game, reliance_rows)
+from xaipipe.models import build_model, save_model
+
+
+def square_mask(size=6, lo=1, hi=4) -> torch.Tensor:
+    mask = torch.zeros(1, size, size, dtype=torch.uint8)
+    mask[0, lo:hi, lo:hi] = 1
+    return mask
+
+
+def test_energy_is_one_for_a_map_supported_inside_the_mask():
+    mask = square_mask()
+    maps = torch.rand(1, 6, 6) * mask
+    assert energy_in_mask(maps, mask).item() == pytest.approx(1.0)
+
+
+def test_energy_hand_computed_and_negative_handling():
+    mask = square_mask()
+    maps = torch.zeros(1, 6, 6)
+    maps[0, 2, 2] = 3.0    # inside
+    maps[0, 0, 0] = 1.0    # outside
+    maps[0, 5, 5] = -4.0   # outside, negative
+    assert energy_in_mask(maps, mask, "clip").item() == pytest.approx(3 / 4)
+    assert energy_in_mask(maps, mask, "abs").item() == pytest.approx(3 / 8)
+    assert math.isnan(energy_in_mask(-maps.abs(), mask, "clip").item())  # no positive mass
+    uniform = torch.ones(1, 6, 6)
+    assert energy_in_mask(uniform, mask).item() == pytest.approx(9 / 36)  # = fg fraction
+
+
+def test_pointing_game_hand_made_maps_and_ties():
+    mask = square_mask()
+    inside, outside = torch.zeros(1, 6, 6), torch.zeros(1, 6, 6)
+    inside[0, 3, 3] = 1.0
+    outside[0, 5, 0] = 1.0
+    assert pointing_game(torch.cat([inside, outside]), torch.cat([mask, mask])).tolist() == [1.0, 0.0]
+    tie = torch.zeros(1, 6, 6)
+    tie[0, 0, 5] = tie[0, 2, 2] = 1.0  # first maximum in row-major order is (0, 5): outside
+    assert pointing_game(tie, mask).tolist() == [0.0]
+    tie[0, 1, 1] = 1.0                 # now (0, 5) is still first
+    assert pointing_game(tie, mask).tolist() == [0.0]
+    tie[0, 0, 5] = 0.0                 # first maximum (1, 1): inside
+    assert pointing_game(tie, mask).tolist() == [1.0]
+
+
+def test_rows_report_chance_as_mean_foreground_fraction():
+    masks = np.zeros((2, 4, 4), dtype=np.uint8)
+    masks[0, :2] = 1     # 0.5
+    masks[1, 0, 0] = 1   # 1/16
+    maps = {"perfect": masks.astype(np.float16), "zero": np.zeros((2, 4, 4), np.float16)}
+    table = pd.DataFrame(localisation_rows("black", maps, masks, "clip")).set_index(["subject", "metric"])
+    assert table.loc[("perfect", "energy_in_mask"), "mean"] == pytest.approx(1.0)
+    assert table.loc[("perfect", "pointing_game"), "mean"] == pytest.approx(1.0)
+    assert table.loc[("zero", "energy_in_mask"), "n"] == 0
+    assert table.loc[("zero", "energy_in_mask"), "excluded"] == 2
+    assert table.loc[(CHANCE, "energy_in_mask"), "mean"] == pytest.approx((0.5 + 1 / 16) / 2)
+    assert table.loc[(CHANCE, "pointing_game"), "std"] == pytest.approx(np.std([0.5, 1 / 16], ddof=1))
+
+
+class MeanBrightness(torch.nn.Module):
+    """Class 1 if the mean pixel value is above 0.3, else class 0."""
+
+    def forward(self, x):
+        score = x.mean(dim=(1, 2, 3))
+        return torch.stack([0.3 - score, score - 0.3], dim=1)
+
+
+def test_background_reliance_on_hand_made_model():
+    from xaipipe.data.store import Split
+
+    images = np.full((2, 3, 4, 4), 255, dtype=np.uint8)
+    masks = np.zeros((2, 4, 4), dtype=np.uint8)
+    masks[:, :1] = 1  # foreground = top row (25 %), background 75 %
+    split = Split(images=images, masks=masks, labels=np.array([1, 1]), meta={})
+    table = pd.DataFrame(reliance_rows("standard", MeanBrightness(), split, torch.device("cpu"), 8))
+    assert (table.subject == MODEL).all()
+    means = dict(zip(table.metric, table["mean"]))
+    # full image bright -> 1; foreground only: mean 0.25 -> class 0; background only: 0.75 -> 1
+    assert means == {"accuracy_full": 1.0, "accuracy_fg_only": 0.0, "accuracy_bg_only": 1.0}
+
+
+def stage_config(make_config, tmp_path) -> tuple[dict, str]:
+    config = make_config({"explain": {"methods": ["gradient", "random"]}, "resolution": 32})
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    return config, str(config_file)
+
+
+def test_stage_writes_table(make_config, fake_variant_store, tmp_path):
+    config, config_file = stage_config(make_config, tmp_path)
+    val = fake_variant_store(config, "noise", {"val": 6})["val"]
+    save_model(paths.model_weights(config, "noise"), build_model(4), {"num_classes": 4})
+    for method, maps in (("gradient", val.masks), ("random", np.ones_like(val.masks))):
+        path = paths.attribution_map(config, "noise", method, "val")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, maps.astype(np.float16))
+    assert run_workflow_script("localisation", ["--config", config_file, "--variant", "noise"]) == 0
+    table = pd.read_csv(paths.localisation_table(config, "noise")).set_index(["subject", "metric"])
+    assert table.loc[("gradient", "energy_in_mask"), "mean"] == pytest.approx(1.0)
+    assert table.loc[("random", "energy_in_mask"), "mean"] == pytest.approx(
+        table.loc[(CHANCE, "energy_in_mask"), "mean"], rel=1e-4)
+    assert {"accuracy_full", "accuracy_fg_only", "accuracy_bg_only"} <= set(table.loc[MODEL].index)
+
+
+def test_stage_missing_model_exits_1_without_output(make_config, fake_variant_store, tmp_path, capsys):
+    config, config_file = stage_config(make_config, tmp_path)
+    val = fake_variant_store(config, "noise", {"val": 3})["val"]
+    for method in ("gradient", "random"):
+        path = paths.attribution_map(config, "noise", method, "val")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.zeros(val.masks.shape, np.float16))
+    assert run_workflow_script("localisation", ["--config", config_file, "--variant", "noise"]) == 1
+    err = capsys.readouterr().err
+    assert str(paths.model_weights(config, "noise")) in err and "train stage" in err
+    assert not paths.metrics_dir(config, "noise").exists()

@@ -1,0 +1,22 @@
+"""SCG / CCG confidence gain of every explain method (and every pair's agreement mask) of one
+variant on its val images: results/evaluate/metrics/<variant>/confidence_gain.csv
+(see xaipipe.evaluate.confidence_gain and docs/metrics.md).
+
+    python workflow_scripts/confidence_gain.py --config config.yaml [config/demo.yaml] --variant black
+"""
+
+import sys
+
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.evaluate.confidence_gain import run_confidence_gain
+
+
+def main(args, config):
+    run_confidence_gain(config, args.variant)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, choices=["standard", "black", "noise", "mixed"],
+                        help="training variant (paper section IV)")
+    sys.exit(run_stage(main, parser))
