@@ -1,0 +1,170 @@
+"""The ``variant`` stage: the four training sets of paper §IV as tensor stores.
+
+Paper §IV ("Targeted Background Removal Creates Interpretable Feature Visualizations"): the
+background is removed by "an elementwise multiplication between the image and the
+segmentation map", so background pixels become zero and foreground pixels stay unchanged;
+for the noise model "Gaussian noise [is added] to only the background pixels"; the mixed
+model trains on a set of which "half ... is background removed and set to zero, while the
+other half consists of unmodified images".
+
+* ``standard`` - unchanged images.
+* ``black`` - ``image x mask`` (mask = ``seg != 0``; void counts as foreground).
+* ``noise`` - background pixels replaced by ``clip(N(noise_mean, noise_std), 0, 1) x 255``,
+  drawn independently per pixel and channel from a generator seeded by (config seed, image
+  id), so an image gets the same noise however the work is split or ordered.
+* ``mixed`` - exactly ``round(mixed_fraction x N)`` (half rounded up) images black-background,
+  chosen by a per-id seeded key (independent of row order), the rest unchanged.
+
+Images are decoded and resized once (:func:`xaipipe.data.images.load_resized`); the
+treatments are cheap vectorised functions on the resized arrays, applied AFTER resizing so a
+removed background is exactly 0 at the stored resolution (resizing first would blur object
+pixels into the zero background). Splits written per variant: ``train`` (treated), ``val``
+(always unmodified, as in the paper) and ``val_matched`` (val with the variant's treatment;
+for ``mixed`` the same seeded-fraction rule applied to the val ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from xaipipe import paths
+from xaipipe.data.images import load_resized
+from xaipipe.data.index import class_histogram, read_index
+from xaipipe.data.store import Split, write_split
+from xaipipe.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("standard", "black", "noise", "mixed")
+_NOISE_STREAM = 1
+_MIXED_STREAM = 2
+
+
+def _id_seed(seed: int, stream: int, image_id: str) -> list[int]:
+    """Seed words for one image's generator: (config seed, purpose, 4 words of sha256(id))."""
+    digest = hashlib.sha256(image_id.encode()).digest()
+    return [seed, stream, *np.frombuffer(digest[:16], dtype="<u4").tolist()]
+
+
+def remove_background(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Paper §IV: ``image x mask`` (``N x 3 x H x W`` times ``N x H x W`` of 0/1)."""
+    return images * masks[:, None].astype(images.dtype)
+
+
+def background_noise(image_id: str, shape: tuple[int, ...], seed: int, mean: float,
+                     std: float) -> np.ndarray:
+    """The uint8 noise image of one id: ``clip(N(mean, std), 0, 1) x 255`` rounded."""
+    rng = np.random.default_rng(_id_seed(seed, _NOISE_STREAM, image_id))
+    noise = mean + std * rng.standard_normal(shape, dtype=np.float32)
+    return np.rint(np.clip(noise, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def noise_background(images: np.ndarray, masks: np.ndarray, ids: Sequence[str], seed: int,
+                     mean: float, std: float) -> np.ndarray:
+    """Paper §IV noise variant: foreground kept, background = per-image seeded Gaussian noise."""
+    noise = np.stack([background_noise(i, images.shape[1:], seed, mean, std) for i in ids]) \
+        if len(ids) else np.empty_like(images)
+    return np.where(masks[:, None].astype(bool), images, noise)
+
+
+def mixed_selection(ids: Sequence[str], seed: int, fraction: float) -> np.ndarray:
+    """Boolean row mask of the images the ``mixed`` variant makes black-background.
+
+    Exactly ``floor(fraction x N + 0.5)`` rows: those with the smallest per-id seeded key
+    (ties by id), so the choice depends on the id set and seed, not on the row order.
+    """
+    count = int(np.floor(fraction * len(ids) + 0.5))
+    keys = np.array([np.random.default_rng(_id_seed(seed, _MIXED_STREAM, i)).random() for i in ids])
+    chosen = np.lexsort((np.asarray(ids, dtype=object).astype(str), keys))[:count]
+    selected = np.zeros(len(ids), dtype=bool)
+    selected[chosen] = True
+    return selected
+
+
+def apply_variant(variant: str, images: np.ndarray, masks: np.ndarray, ids: Sequence[str],
+                  config: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """Return (treated images, boolean 'background replaced' per row) for ``variant``."""
+    settings, seed = config["variant"], config["seed"]
+    if variant == "standard":
+        return images, np.zeros(len(ids), dtype=bool)
+    if variant == "black":
+        return remove_background(images, masks), np.ones(len(ids), dtype=bool)
+    if variant == "noise":
+        return (noise_background(images, masks, ids, seed, settings["noise_mean"], settings["noise_std"]),
+                np.ones(len(ids), dtype=bool))
+    if variant == "mixed":
+        selected = mixed_selection(ids, seed, settings["mixed_fraction"])
+        return np.where(selected[:, None, None, None], remove_background(images, masks), images), selected
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
+def _split_meta(config: Mapping, variant: str, split: str, ids: list[str], class_names: list[str],
+                treated: np.ndarray) -> dict:
+    return {"ids": ids, "class_names": class_names, "variant": variant, "split": split,
+            "resolution": config["resolution"], "resize": config["dataset"]["resize"],
+            "background_replaced": treated.tolist()}
+
+
+def materialise_variants(config: Mapping, variants: Sequence[str]) -> dict[str, dict]:
+    """Write the tensor stores of ``variants`` from one decode/resize pass over the index.
+
+    Each variant directory (``train``, ``val``, ``val_matched``) is assembled under a
+    temporary name and renamed into place whole; the summary JSON
+    (``paths.variant_summary``) is written after it and marks the variant complete.
+    Returns ``{variant: summary}``.
+    """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; expected some of {VARIANTS}")
+    start = time.perf_counter()
+    table, index_log = read_index(config)
+    class_names = list(index_log["class_names"])
+    resolution, resize = config["resolution"], config["dataset"]["resize"]
+    devkit = paths.dataset_root(config)
+    rows = {split: table[table["split"] == split] for split in ("train", "val")}
+    decoded = {split: load_resized(devkit, list(part["image_id"]), resolution, resize,
+                                   desc=f"decode+resize {split}")
+               for split, part in rows.items()}
+    decode_seconds = time.perf_counter() - start
+    summaries = {}
+    for variant in variants:
+        variant_start = time.perf_counter()
+        counts = {}
+        paths.variant_summary(config, variant).unlink(missing_ok=True)  # not complete until rewritten
+        with atomic_path(paths.variant_dir(config, variant)) as tmp:
+            tmp.mkdir()
+            for split, source, treat in (("train", "train", True), ("val", "val", False),
+                                         ("val_matched", "val", True)):
+                images, masks = decoded[source]
+                ids = list(rows[source]["image_id"])
+                out, treated = (apply_variant(variant, images, masks, ids, config) if treat
+                                else (images, np.zeros(len(ids), dtype=bool)))
+                labels = rows[source]["label"].to_numpy(dtype=np.int64)
+                write_split(tmp / split, Split(out, masks, labels,
+                                               _split_meta(config, variant, split, ids, class_names, treated)))
+                counts[split] = {"images": len(ids), "background_replaced": int(treated.sum())}
+        seconds = decode_seconds + time.perf_counter() - variant_start
+        written = sum(c["images"] for c in counts.values())
+        summaries[variant] = {
+            "variant": variant, "complete": True, "resolution": resolution, "resize": resize,
+            "splits": counts, "class_names": class_names,
+            "class_histogram": _histogram_by_store_split(table, class_names),
+            "variant_settings": dict(config["variant"]), "seed": config["seed"],
+            "decode_seconds": round(decode_seconds, 3), "seconds": round(seconds, 3),
+            "images_per_s": round(written / seconds, 1) if seconds > 0 else None,
+        }
+        write_json(paths.variant_summary(config, variant), summaries[variant])
+        log.info("variant %s: %s in %.1f s", variant, counts, seconds)
+    return summaries
+
+
+def _histogram_by_store_split(table: pd.DataFrame, class_names: list[str]) -> dict:
+    by_index_split = class_histogram(table, class_names)
+    return {"train": by_index_split["train"], "val": by_index_split["val"],
+            "val_matched": by_index_split["val"]}
