@@ -1,0 +1,29 @@
+"""Stage ``featvis``: activation-maximisation feature visualisations of one variant's model.
+
+    python workflow_scripts/featvis.py --config config.yaml [overlay.yaml ...] --variant black
+
+Reads the model (``paths.model_weights``) and the variant store's ``val`` split; writes
+``paths.featvis_dir`` (one PNG per class, ``featvis.npy``, ``summary.json``,
+``top_images.png``). See docs/featvis-undesirable.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.explain.featvis import run_featvis_stage
+
+
+def build_parser():
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, help="training variant (standard, black, noise, mixed)")
+    return parser
+
+
+def main(args, config) -> None:
+    run_featvis_stage(config, args.variant)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))

@@ -1,0 +1,29 @@
+"""Stage ``undesirable``: F-TC / F-NTC undesirable-pixel masks and phi (Kang et al.) of one variant.
+
+    python workflow_scripts/undesirable.py --config config.yaml [overlay.yaml ...] --variant black
+
+Reads the model (``paths.model_weights``) and the variant store's ``val`` split; writes
+``paths.undesirable_dir`` (``results.json``, ``per_image.csv``, ``masks_<method>.npy``,
+``examples.png``). See docs/featvis-undesirable.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.explain.undesirable import run_undesirable_stage
+
+
+def build_parser():
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, help="training variant (standard, black, noise, mixed)")
+    return parser
+
+
+def main(args, config) -> None:
+    run_undesirable_stage(config, args.variant)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))
