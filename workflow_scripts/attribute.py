@@ -1,0 +1,23 @@
+"""Attribution maps of one (variant, method): float16 N x H x W per split in explain.splits,
+written to results/explain/<variant>/attributions/<method>_<split>.npy
+(see xaipipe.explain.attribution).
+
+    python workflow_scripts/attribute.py --config config.yaml [config/demo.yaml] --variant black --method gradcam
+"""
+
+import sys
+
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.data.variants import VARIANTS
+from xaipipe.explain.attribution import METHODS, run_attribute_stage
+
+
+def main(args, config):
+    run_attribute_stage(config, args.variant, args.method)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, choices=VARIANTS, help="training variant")
+    parser.add_argument("--method", required=True, choices=METHODS, help="attribution method")
+    sys.exit(run_stage(main, parser))

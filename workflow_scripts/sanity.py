@@ -1,0 +1,22 @@
+"""Sanity checks (Adebayo et al. 2018) of one variant's model: cascading parameter
+randomisation and the random-label model, into results/explain/<variant>/sanity/
+(sanity.csv, cascade_<method>.png, saliency.png; see xaipipe.explain.sanity).
+
+    python workflow_scripts/sanity.py --config config.yaml [config/demo.yaml] --variant black
+"""
+
+import sys
+
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.data.variants import VARIANTS
+from xaipipe.explain.sanity import run_sanity_stage
+
+
+def main(args, config):
+    run_sanity_stage(config, args.variant)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, choices=VARIANTS, help="training variant")
+    sys.exit(run_stage(main, parser))

@@ -1,0 +1,220 @@
+"""Per-pixel attribution maps for a classifier: Captum methods, c-MWP and a random baseline.
+
+Methods (``explain.methods``) and where they come from:
+
+* ``gradient`` -- Captum ``Saliency`` (Simonyan et al. 2014), the raw input gradient of the
+  target logit.
+* ``integrated_gradients`` -- Captum ``IntegratedGradients`` (Sundararajan et al. 2017) from a
+  black baseline (zeros in pixel space), ``ig_steps`` steps, ``internal_batch_size`` bounding
+  memory.
+* ``smoothgrad`` / ``smoothgrad_sq`` / ``vargrad`` -- Captum ``NoiseTunnel`` over the gradient
+  (Smilkov et al. 2017; Hooker et al. 2019 ROAR section 3: SG, SG-SQ, VarGrad with 15 noisy
+  samples). ``noise_tunnel_stdev`` is the Gaussian sigma in [0, 1] pixel units, i.e. a fraction
+  of the input range (x_max - x_min = 1), as Smilkov et al. define the noise level.
+* ``guided_backprop`` -- Captum ``GuidedBackprop`` (Springenberg et al. 2015) on a copy of the
+  model whose ReLUs are not in-place (see :func:`hookable_copy`).
+* ``gradcam`` -- Captum ``LayerGradCam`` (Selvaraju et al. 2017) on ``backbone.layer4`` with
+  ReLU, upsampled bilinearly to the input with ``LayerAttribution.interpolate``.
+* ``occlusion`` -- Captum ``Occlusion`` (Zeiler & Fergus 2014): a black square of
+  ``occlusion_patch`` px at 224 px (scaled to the resolution), stride half the window; the map
+  is the drop of the target logit.
+* ``cmwp`` -- contrastive excitation backprop, :mod:`xaipipe.explain.cmwp` (hand-written).
+* ``random`` -- uniform noise, seeded per (seed, image row): the ROAR random baseline.
+
+Every method returns float32 N x H x W. Methods that attribute each colour channel
+(gradient, IG, the noise tunnels, guided backprop) are reduced over channels by
+``explain.channel_reduce`` (``abs_sum`` = sum of absolute values, ``max`` = signed maximum,
+``abs_max`` = maximum absolute value; ``sum`` -- signed sum -- is used internally by the sanity
+checks). Occlusion, Grad-CAM, c-MWP and random are single-channel already and kept signed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from captum.attr import (GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam,
+                         NoiseTunnel, Occlusion, Saliency)
+from torch import nn
+from tqdm.auto import tqdm
+
+from xaipipe import paths
+from xaipipe.data.store import Split, read_split
+from xaipipe.device import claim_device
+from xaipipe.errors import ConfigError, DataError
+from xaipipe.explain.cmwp import cmwp_maps
+from xaipipe.io import save_npy
+from xaipipe.models import images_to_float, load_model
+from xaipipe.train_stage import variant_seed
+
+log = logging.getLogger(__name__)
+
+METHODS = ("gradient", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad",
+           "guided_backprop", "gradcam", "occlusion", "cmwp", "random")
+CHANNEL_REDUCTIONS = ("abs_sum", "max", "abs_max", "sum")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def hookable_copy(model: nn.Module) -> nn.Module:
+    """A frozen eval-mode deep copy whose ReLU modules are not in-place.
+
+    torchvision's ResNet uses ``nn.ReLU(inplace=True)`` and calls one module twice per block.
+    Captum's module hooks break on in-place ReLUs (captum issue #156: hooked activations get
+    overwritten; #973: ``RuntimeError ... BackwardHookFunctionBackward`` for Guided Grad-CAM
+    on a torchvision ResNet; PR #837: in-place modules unsupported by full backward hooks),
+    so every method except the random baseline runs on this copy. The copy
+    is returned as is when it is already hookable, so calling this per batch is cheap.
+    """
+    if getattr(model, "_xaipipe_hookable", False):
+        return model
+    clone = copy.deepcopy(model).eval()
+    for module in clone.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    for param in clone.parameters():
+        param.requires_grad_(False)
+    clone._xaipipe_hookable = True
+    return clone
+
+
+def reduce_channels(attr: torch.Tensor, how: str) -> torch.Tensor:
+    """N x C x H x W -> N x H x W by ``how`` (see the module docstring)."""
+    if how == "abs_sum":
+        return attr.abs().sum(dim=1)
+    if how == "max":
+        return attr.max(dim=1).values
+    if how == "abs_max":
+        return attr.abs().max(dim=1).values
+    if how == "sum":
+        return attr.sum(dim=1)
+    raise ConfigError(f"explain.channel_reduce must be one of {CHANNEL_REDUCTIONS}, got {how!r}")
+
+
+def occlusion_window(resolution: int, patch_at_224: int) -> tuple[int, int]:
+    """(window, stride) in pixels: ``patch_at_224`` scaled to ``resolution``, stride = half."""
+    window = max(1, round(patch_at_224 * resolution / 224))
+    return window, max(1, window // 2)
+
+
+def random_maps(shape: tuple[int, int, int], seed: int, first_index: int) -> torch.Tensor:
+    """Uniform [0, 1) maps; row ``i`` depends only on (seed, first_index + i)."""
+    n, h, w = shape
+    rows = [np.random.default_rng([seed, first_index + i]).random((h, w), dtype=np.float32)
+            for i in range(n)]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(shape)
+
+
+def attribute(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, method: str,
+              settings: Mapping[str, Any], *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+    """Attribution maps (float32 N x H x W, on the images' device) of ``targets`` (N class
+    indices) for [0, 1] ``images`` (N x 3 x H x W, on the model's device).
+
+    ``settings`` is the ``explain`` config section. ``seed`` drives the noise of the noise
+    tunnels and the random baseline; ``first_index`` is the row of ``images[0]`` in its split,
+    so random maps do not depend on the batch size.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown attribution method {method!r}; choose one of {METHODS}")
+    n, _, h, w = images.shape
+    if method == "random":
+        return random_maps((n, h, w), seed, first_index).to(images.device)
+    model = hookable_copy(model)
+    targets = targets.to(images.device)
+    if method == "cmwp":
+        return cmwp_maps(model, images, targets, settings["cmwp_layer"])
+    images = images.detach().clone().requires_grad_(True)
+    chunk = max(1, settings["internal_batch_size"] // max(1, n))
+    if method == "gradcam":
+        cam = LayerGradCam(model, model.backbone.layer4).attribute(images, target=targets,
+                                                                   relu_attributions=True)
+        cam = LayerAttribution.interpolate(cam, (h, w), interpolate_mode="bilinear")
+        return cam[:, 0].detach().float()
+    if method == "occlusion":
+        window, stride = occlusion_window(h, settings["occlusion_patch"])
+        attr = Occlusion(model).attribute(images, target=targets, baselines=0.0,
+                                          sliding_window_shapes=(3, window, window),
+                                          strides=(3, stride, stride), perturbations_per_eval=chunk)
+        return attr[:, 0].detach().float()
+    if method == "gradient":
+        attr = Saliency(model).attribute(images, target=targets, abs=False)
+    elif method == "guided_backprop":
+        with warnings.catch_warnings():   # Captum announces its temporary ReLU hooks on every call
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            attr = GuidedBackprop(model).attribute(images, target=targets)
+    elif method == "integrated_gradients":
+        attr = IntegratedGradients(model).attribute(
+            images, baselines=torch.zeros_like(images), target=targets,
+            n_steps=settings["ig_steps"], internal_batch_size=settings["internal_batch_size"])
+    else:
+        with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+            torch.manual_seed(int(np.random.SeedSequence([seed, first_index]).generate_state(1)[0]))
+            attr = NoiseTunnel(Saliency(model)).attribute(
+                images, nt_type=method, nt_samples=settings["noise_tunnel_samples"],
+                nt_samples_batch_size=chunk, stdevs=float(settings["noise_tunnel_stdev"]),
+                target=targets, abs=False)
+    return reduce_channels(attr.detach().float(), settings["channel_reduce"])
+
+
+def choose_targets(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tensor:
+    """The class each map explains: the ground-truth ``label`` or the model's ``predicted`` class."""
+    if target == "label":
+        return labels
+    if target == "predicted":
+        with torch.no_grad():
+            return model(images).argmax(dim=1)
+    raise ConfigError(f"explain.target must be label or predicted, got {target!r}")
+
+
+def attribute_split(model: nn.Module, split: Split, method: str, settings: Mapping[str, Any], *,
+                    device: torch.device, seed: int, desc: str = "",
+                    dtype: type = np.float16) -> np.ndarray:
+    """Maps for every row of a tensor-store split: ``dtype`` (float16) N x H x W, row order kept.
+
+    Batches of ``settings['batch_size']`` images are moved to ``device`` and attributed there.
+    Values beyond the float16 range are clipped to it (attributions of logits never get near).
+    """
+    model = hookable_copy(model.to(device))
+    n, _, h, w = split.images.shape
+    out = np.empty((n, h, w), dtype=dtype)
+    batch = settings["batch_size"]
+    for start in tqdm(range(0, n, batch), desc=desc or f"attribute {method}", unit="batch",
+                      disable=n <= batch):
+        images = images_to_float(torch.from_numpy(np.array(split.images[start:start + batch])).to(device))
+        labels = torch.from_numpy(np.array(split.labels[start:start + batch])).to(device)
+        targets = choose_targets(model, images, labels, settings["target"])
+        maps = attribute(model, images, targets, method, settings, seed=seed, first_index=start)
+        out[start:start + len(images)] = maps.clamp(-_FLOAT16_MAX, _FLOAT16_MAX).cpu().numpy()
+    return out
+
+
+def check_split_fits_model(split: Split, meta: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`DataError` if the split's labels do not fit the model's classes."""
+    num_classes = int(meta["num_classes"])
+    if len(split) and int(split.labels.max()) >= num_classes:
+        raise DataError(f"{where}: labels go up to {int(split.labels.max())} but the model has "
+                        f"{num_classes} classes; retrain the model on this store")
+
+
+def run_attribute_stage(config: Mapping[str, Any], variant: str, method: str) -> None:
+    """Stage ``attribute``: maps of ``method`` for the model of ``variant`` on every split in
+    ``explain.splits``, each written to ``paths.attribution_map`` (float16 N x H x W)."""
+    settings = config["explain"]
+    weights = paths.model_weights(config, variant)
+    model, meta = load_model(weights)
+    splits = {}
+    for name in settings["splits"]:
+        directory = paths.variant_split_dir(config, variant, name)
+        splits[name] = read_split(directory)
+        check_split_fits_model(splits[name], meta, f"{directory} vs {weights}")
+    seed = variant_seed(config, f"attribute/{variant}/{method}")
+    with claim_device(config["device"]) as device:
+        for name, split in splits.items():
+            maps = attribute_split(model, split, method, settings, device=device, seed=seed,
+                                   desc=f"{method} {variant}/{name}")
+            target = paths.attribution_map(config, variant, method, name)
+            save_npy(target, maps)
+            log.info("wrote %s (%d maps)", target, len(maps))
