@@ -1,0 +1,164 @@
+"""ROAR/KAR runs (remove and retrain) and their aggregation against the random baseline."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import run_workflow_script
+from xaipipe import paths
+from xaipipe.evaluate.roar import run_roar
+from xaipipe.evaluate.roar_summary import (accuracy_table, mean_gap, ranking_agreement,
+                                           road_scores, roar_scores, verdict_text)
+from xaipipe.io import read_json, save_npy, write_json
+
+# --- aggregation on a hand-made table ---------------------------------------------------
+
+# (method, fraction, seed) -> accuracy, for one variant
+HAND = {("random", 0.2, 0): 0.8, ("random", 0.6, 0): 0.6,
+        ("random", 0.2, 1): 0.7, ("random", 0.6, 1): 0.5,
+        ("gradcam", 0.2, 0): 0.6, ("gradcam", 0.6, 0): 0.2,
+        ("gradcam", 0.2, 1): 0.7, ("gradcam", 0.6, 1): 0.3}
+
+
+def _runs(kind="roar"):
+    return pd.DataFrame([{"kind": kind, "variant": "standard", "method": m, "fraction": f,
+                          "seed": s, "accuracy": a} for (m, f, s), a in HAND.items()])
+
+
+def test_accuracy_table_mean_std_n_over_seeds():
+    table = accuracy_table(_runs()).set_index(["method", "fraction"])
+    assert table.loc[("gradcam", 0.2), "mean"] == pytest.approx(0.65)
+    assert table.loc[("gradcam", 0.2), "std"] == pytest.approx(math.sqrt(0.005))  # sample std
+    assert table.loc[("random", 0.6), "n"] == 2
+
+
+def test_roar_score_is_paired_area_to_random_positive_when_faster_drop():
+    # seed 0: gaps (random - gradcam) 0.2, 0.4 -> trapezoid 0.12 over span 0.4 -> 0.3
+    # seed 1: gaps 0.0, 0.2 -> 0.1;  mean 0.2, sample std sqrt(0.02)
+    scores = roar_scores(_runs()).set_index("method")
+    assert scores.loc["gradcam", "mean"] == pytest.approx(0.2)
+    assert scores.loc["gradcam", "std"] == pytest.approx(math.sqrt(0.02))
+    assert scores.loc["random", "mean"] == 0 and scores.loc["gradcam", "n"] == 2
+    kar = roar_scores(_runs("kar")).set_index("method")
+    assert kar.loc["gradcam", "mean"] == pytest.approx(-0.2)  # KAR: losing accuracy is bad
+
+
+def test_mean_gap_sorts_fractions_and_handles_one_fraction():
+    assert mean_gap(np.array([0.9, 0.1, 0.5]), np.array([0.0, 1.0, 1.0])) == pytest.approx(0.75)
+    assert mean_gap(np.array([0.3]), np.array([-0.1])) == pytest.approx(-0.1)
+
+
+def test_verdict_text_shows_seed_spread():
+    text = verdict_text(roar_scores(pd.concat([_runs(), _runs("kar")])), None)
+    assert "- gradcam beats random by 0.200 ± 0.141 over 2 seeds (ROAR)" in text
+    assert "- gradcam is worse than random by 0.200 ± 0.141 over 2 seeds (KAR)" in text
+    assert "random beats" not in text
+
+
+def test_road_scores_and_ranking_agreement():
+    road = pd.DataFrame([{"variant": "standard", "method": m, "order": o, "fraction": f,
+                          "accuracy": a}
+                         for m, morf in (("random", 0.8), ("gradcam", 0.2), ("gradient", 0.5))
+                         for o, a0 in (("morf", morf), ("lerf", 0.9))
+                         for f, a in ((0.2, a0), (0.6, a0))])
+    road_score = road_scores(road).set_index("method")
+    assert road_score.loc["gradcam", "score"] == pytest.approx(0.6)
+    assert road_score.loc["gradient", "mean_accuracy_lerf"] == pytest.approx(0.9)
+    roar = pd.DataFrame({"kind": "roar", "variant": "standard",
+                         "method": ["random", "gradcam", "gradient"], "mean": [0.0, 0.3, 0.1]})
+    agreement = ranking_agreement(roar, road_score.reset_index())
+    assert agreement.loc[0, "spearman"] == pytest.approx(1.0) and agreement.loc[0, "n_methods"] == 3
+    roar["mean"] = [0.0, -0.3, -0.1]
+    assert ranking_agreement(roar, road_score.reset_index()).loc[0, "spearman"] == pytest.approx(-1.0)
+
+
+# --- stage scripts ------------------------------------------------------------------------
+
+def _config_file(config, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_summary_stage_writes_every_table_and_curve(make_config, tmp_path):
+    config = make_config({"variants": ["standard"],
+                          "roar": {"methods": ["gradcam", "random"], "fractions": [0.2, 0.6],
+                                   "seeds": 2}})
+    for kind in ("roar", "kar"):
+        for (method, fraction, seed), acc in HAND.items():
+            write_json(paths.roar_result(config, kind, "standard", method, fraction, seed),
+                       {"accuracy": acc})
+    for method, morf in (("random", 0.8), ("gradcam", 0.2)):
+        write_json(paths.road_result(config, "standard", method), {"curves": [
+            {"order": o, "fraction": f, "accuracy": morf if o == "morf" else 0.9}
+            for o in ("morf", "lerf") for f in (0.2, 0.6)]})
+    assert run_workflow_script("roar_summary", ["--config", _config_file(config, tmp_path)]) == 0
+    out = paths.roar_summary_dir(config)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "agreement.csv", "curves_kar_standard.png", "curves_roar_standard.png", "road_scores.csv",
+        "road_table.csv", "roar_scores.csv", "roar_table.csv", "summary.md"]
+    scores = pd.read_csv(out / "roar_scores.csv").set_index(["kind", "method"])
+    assert scores.loc[("roar", "gradcam"), "mean"] == pytest.approx(0.2)
+    assert "Spearman 1.00 over 2 methods" in (out / "summary.md").read_text()
+
+
+def test_summary_stage_missing_result_exit_1_without_output(make_config, tmp_path, capsys):
+    config = make_config({"variants": ["standard"], "roar": {"road": False}})
+    assert run_workflow_script("roar_summary", ["--config", _config_file(config, tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "roar result(s) missing" in err and "fraction0.3_seed0.json" in err
+    assert not paths.roar_summary_dir(config).parent.exists() or \
+        not list(paths.roar_summary_dir(config).parent.iterdir())
+
+
+def test_roar_stage_missing_maps_exit_1_without_output(make_config, fake_variant_store, tmp_path,
+                                                       capsys):
+    config = make_config({"device": "cpu"})
+    fake_variant_store(config, splits={"train": 4, "val": 4}, size=16)
+    argv = ["--config", _config_file(config, tmp_path), "--kind", "roar", "--variant", "standard",
+            "--method", "gradcam", "--fraction", "0.3", "--seed", "0"]
+    assert run_workflow_script("roar", argv) == 1
+    err = capsys.readouterr().err
+    assert "error: attribution maps" in err and "gradcam_train.npy do not exist" in err
+    assert not (paths.results(config) / "evaluate").exists()
+
+
+# --- a small real remove-and-retrain run -------------------------------------------------
+
+@pytest.fixture
+def restore_torch_threads():
+    """train.num_threads sets torch's global thread count; put it back for later tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_object_map_degrades_roar_faster_than_random(make_config, fake_variant_store, tmp_path,
+                                                     restore_torch_threads):
+    """The fake split's class is only in the object's colour: removing the object (the mask as
+    attribution) must hurt retrained accuracy far more than removing random pixels.
+    (One torch thread: on a loaded 2-core machine more threads only contend.)"""
+    config = make_config({"device": "cpu", "roar": {"epochs": 3},
+                          "train": {"batch_size": 16, "num_threads": 1}})
+    stores = fake_variant_store(config, splits={"train": 48, "val": 32}, size=32)
+    rng = np.random.default_rng(0)
+    for split, store in stores.items():
+        save_npy(paths.attribution_map(config, "standard", "mask", split),
+                 store.masks.astype(np.float16))
+        save_npy(paths.attribution_map(config, "standard", "random", split),
+                 rng.random(store.masks.shape).astype(np.float16))
+    result = {"mask": run_roar(config, "roar", "standard", "mask", 0.25, 0, torch.device("cpu"))}
+    # the random baseline through the stage script, as Snakemake runs it
+    argv = ["--config", _config_file(config, tmp_path), "--kind", "roar", "--variant",
+            "standard", "--method", "random", "--fraction", "0.25", "--seed", "0"]
+    assert run_workflow_script("roar", argv) == 0
+    result["random"] = read_json(paths.roar_result(config, "roar", "standard", "random", 0.25, 0))
+    assert result["mask"]["pixels_removed"] == 256  # = the 16x16 object exactly
+    assert result["mask"]["accuracy"] <= 0.4  # chance is 0.25
+    assert result["random"]["accuracy"] >= result["mask"]["accuracy"] + 0.3
+    assert result["mask"]["epochs"] == 3 and set(result["mask"]["seconds_by_phase"]) == {
+        "load", "removal", "train", "evaluate"}

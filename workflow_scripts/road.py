@@ -1,0 +1,29 @@
+"""road stage: ROAD (Rong et al. 2022) MoRF/LeRF curves of one trained variant model.
+
+For every fraction in ``roar.fractions`` the ranked val pixels are removed and filled by
+noisy linear imputation; no retraining. Writes ``paths.road_result(config, variant, method)``."""
+
+import sys
+
+from xaipipe import paths
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.device import claim_device
+from xaipipe.evaluate.road import run_road
+from xaipipe.io import write_json
+
+
+def main(args, config):
+    with claim_device(config["device"]) as device:
+        result = run_road(config, args.variant, args.method, device)
+    write_json(paths.road_result(config, args.variant, args.method), result)
+
+
+def build_parser():
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, help="training variant, e.g. standard")
+    parser.add_argument("--method", required=True, help="attribution method, e.g. gradcam")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))

@@ -1,0 +1,38 @@
+"""roar stage: one ROAR or KAR remove-and-retrain run (Hooker et al. 2019).
+
+Reads the variant's train/val tensor store and the method's attribution maps of both splits,
+replaces the top (ROAR) or all but the top (KAR) ``--fraction`` of each image's pixels by the
+training-set channel mean, retrains a fresh ResNet18 and writes
+``paths.roar_result(config, kind, variant, method, fraction, seed)`` (JSON)."""
+
+import sys
+
+from xaipipe import paths
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.device import claim_device
+from xaipipe.evaluate.roar import KINDS, run_roar
+from xaipipe.io import write_json
+
+
+def main(args, config):
+    with claim_device(config["device"]) as device:
+        result = run_roar(config, args.kind, args.variant, args.method, args.fraction,
+                          args.seed, device)
+    write_json(paths.roar_result(config, args.kind, args.variant, args.method, args.fraction,
+                                 args.seed), result)
+
+
+def build_parser():
+    parser = stage_parser(__doc__)
+    parser.add_argument("--kind", required=True, choices=KINDS,
+                        help="roar removes the top fraction, kar keeps only it")
+    parser.add_argument("--variant", required=True, help="training variant, e.g. standard")
+    parser.add_argument("--method", required=True, help="attribution method, e.g. gradcam or random")
+    parser.add_argument("--fraction", required=True, type=float, help="fraction of pixels, e.g. 0.3")
+    parser.add_argument("--seed", required=True, type=int,
+                        help="retraining seed index (trains with config seed + this)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))
