@@ -62,6 +62,7 @@ def claim_device(preference: str = "auto", wait_s: float = 3600.0, poll_s: float
         yield torch.device("cuda", 0)
         return
     deadline = time.monotonic() + wait_s
+    waiting_logged = False
     while True:
         for index in range(count):
             handle = open(lock_dir() / f"cuda{index}.lock", "a+")
@@ -81,6 +82,10 @@ def claim_device(preference: str = "auto", wait_s: float = 3600.0, poll_s: float
                 fcntl.flock(handle, fcntl.LOCK_UN)
                 handle.close()
             return
+        if not waiting_logged:
+            log.info("all %d CUDA devices are claimed (locks in %s); waiting up to %.0f s",
+                     count, lock_dir(), wait_s)
+            waiting_logged = True
         if time.monotonic() > deadline:
             raise XaipipeError(f"all {count} CUDA devices stayed busy for {wait_s:.0f} s "
                                f"(locks in {lock_dir()}); lower --resources gpu=N")

@@ -1,0 +1,22 @@
+"""Train the ResNet18 of one variant: model.pt, metrics.json, history.csv, learning_curve.png
+under results/models/<variant>/ (see xaipipe.train_stage).
+
+    python workflow_scripts/train.py --config config.yaml [config/demo.yaml] --variant black
+"""
+
+import sys
+
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.data.variants import VARIANTS
+from xaipipe.train_stage import run_train_stage
+
+
+def main(args, config):
+    run_train_stage(config, args.variant)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, choices=VARIANTS,
+                        help="training variant (paper section IV)")
+    sys.exit(run_stage(main, parser))

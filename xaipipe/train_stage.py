@@ -1,0 +1,158 @@
+"""The ``train`` stage: one ResNet18 per variant, with the paper's Table I numbers and a
+background-reliance check.
+
+Reads the variant's tensor store (``train``, ``val``, ``val_matched``), trains with
+:func:`xaipipe.train.train_classifier` and writes, each atomically:
+
+- ``model.pt``: weights + meta (num_classes, class_names, resolution, variant, seed);
+- ``metrics.json``: Table I of Nielsen et al. (train accuracy, val accuracy on unmodified
+  val images, loss) plus val_matched accuracy, chance level and **background reliance**:
+  accuracy on foreground-only val images (val x mask, background black) and on
+  background-only val images (val x (1 - mask)). A model that leans on context stays well
+  above chance on background-only images; one that cannot (``black``) falls to chance;
+- ``history.csv``: one row per epoch;
+- ``learning_curve.png``: loss and accuracies against epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xaipipe import paths
+from xaipipe.config import train_settings
+from xaipipe.data.store import Split, read_split
+from xaipipe.device import claim_device
+from xaipipe.errors import DataError
+from xaipipe.io import atomic_path, write_json
+from xaipipe.models import save_model
+from xaipipe.train import TrainResult, accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+def variant_seed(config: Mapping[str, Any], name: str) -> int:
+    """The training seed of model ``name``: derived from ``config['seed']`` and the name
+    (stable across Python runs, unlike ``hash``), so variants get distinct initialisations
+    and shuffles while the whole grid follows one master seed."""
+    digest = hashlib.blake2b(f"{config['seed']}/{name}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def foreground_only(split: Split) -> np.ndarray:
+    """Val images with the background set to black (image x mask, paper section IV)."""
+    return split.images * split.masks[:, None].astype(np.uint8)
+
+
+def background_only(split: Split) -> np.ndarray:
+    """Val images with the foreground set to black (image x (1 - mask))."""
+    return split.images * (1 - split.masks[:, None]).astype(np.uint8)
+
+
+def load_variant_splits(config: Mapping[str, Any], variant: str) -> dict[str, Split]:
+    """The three splits of a variant's store, checked against each other and the config."""
+    splits = {name: read_split(paths.variant_split_dir(config, variant, name))
+              for name in paths.SPLITS}
+    names = splits["train"].class_names
+    resolution = config["resolution"]
+    for name, split in splits.items():
+        where = paths.variant_split_dir(config, variant, name)
+        if split.class_names != names:
+            raise DataError(f"{where}/meta.json: class_names differ from the train split's; "
+                            "rerun the variant stage")
+        if split.images.shape[2:] != (resolution, resolution):
+            raise DataError(f"{where}/images.npy has {split.images.shape[2]}x{split.images.shape[3]} "
+                            f"images but config resolution is {resolution}; rerun the variant stage "
+                            "or fix resolution")
+    if not names:
+        raise DataError(f"{paths.variant_split_dir(config, variant, 'train')}/meta.json has no "
+                        "class_names; rerun the variant stage")
+    return splits
+
+
+def table_metrics(result: TrainResult, splits: Mapping[str, Split], device: torch.device) -> dict:
+    """Table I columns, val_matched accuracy and background reliance of a trained model."""
+    model, val = result.model, splits["val"]
+    num_classes = splits["train"].num_classes
+    return {
+        "train_accuracy": accuracy(model, splits["train"].images, splits["train"].labels, device),
+        "train_running_accuracy": result.final.get("train_acc"),
+        "val_accuracy": result.final["val_acc"],
+        "val_matched_accuracy": result.final["val_matched_acc"],
+        "loss": result.final.get("loss"),
+        "fg_only_val_accuracy": accuracy(model, foreground_only(val), val.labels, device),
+        "bg_only_val_accuracy": accuracy(model, background_only(val), val.labels, device),
+        "chance_accuracy": 1.0 / num_classes,
+        "epochs": len(result.history),
+        "seconds": result.final["total_seconds"],
+        "images_per_s": (float(np.mean([r["images_per_s"] for r in result.history]))
+                         if result.history else None),
+        "num_train_images": len(splits["train"]),
+        "num_val_images": len(val),
+    }
+
+
+def plot_learning_curve(history: list[dict], chance: float, path, title: str) -> None:
+    """Loss and accuracies (train running, every eval split) against epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(history)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    if not frame.empty:
+        ax_loss.plot(frame["epoch"], frame["loss"], marker=".")
+        for column in [c for c in frame.columns if c.endswith("_acc")]:
+            ax_acc.plot(frame["epoch"], frame[column], marker=".", label=column.removesuffix("_acc"))
+    ax_acc.axhline(chance, color="grey", linestyle="--", label="chance")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy")
+    ax_acc.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, seed: int) -> dict:
+    """Train a model on ``store_variant``'s tensor store with that variant's ``train`` settings
+    and write ``model.pt``, ``metrics.json``, ``history.csv`` and ``learning_curve.png`` under
+    ``paths.model_dir(config, name)``; resume checkpoints go to ``paths.checkpoint_dir(config,
+    name)``. Returns metrics.json's dict. (``name`` = the variant for the train stage; other
+    models, e.g. ``paths.REFERENCE_MODEL``, reuse it with their own name and seed.)"""
+    splits = load_variant_splits(config, store_variant)
+    settings = train_settings(config, store_variant)
+    train = splits["train"]
+    with claim_device(config["device"]) as device:
+        result = train_classifier(
+            train, settings, num_classes=train.num_classes, seed=seed, device=device,
+            evals={"val": splits["val"], "val_matched": splits["val_matched"]},
+            checkpoint_dir=paths.checkpoint_dir(config, name), desc=name)
+        metrics = table_metrics(result, splits, device)
+    metrics.update(variant=name, store_variant=store_variant, seed=seed,
+                   num_classes=train.num_classes, resolution=config["resolution"], device=str(device))
+    save_model(paths.model_weights(config, name), result.model, {
+        "num_classes": train.num_classes, "class_names": train.class_names,
+        "resolution": config["resolution"], "variant": name, "seed": seed})
+    write_json(paths.model_metrics(config, name), metrics)
+    with atomic_path(paths.model_history(config, name)) as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    plot_learning_curve(result.history, metrics["chance_accuracy"], paths.model_curve(config, name),
+                        f"{name}: ResNet18, {len(result.history)} epochs")
+    log.info("%s: train acc %.3f, val acc %.3f, val_matched %.3f, fg-only %.3f, bg-only %.3f "
+             "(chance %.3f)", name, metrics["train_accuracy"], metrics["val_accuracy"],
+             metrics["val_matched_accuracy"], metrics["fg_only_val_accuracy"],
+             metrics["bg_only_val_accuracy"], metrics["chance_accuracy"])
+    return metrics
+
+
+def run_train_stage(config: Mapping[str, Any], variant: str) -> dict:
+    """The train stage of ``variant``: :func:`train_model` on its own store and seed."""
+    return train_model(config, variant, store_variant=variant, seed=variant_seed(config, variant))
