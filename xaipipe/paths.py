@@ -61,6 +61,12 @@ def variant_summary(config: Mapping, variant: str) -> Path:
     return results(config) / "data" / "variants" / f"{variant}.json"
 
 
+def variant_examples_figure(config: Mapping) -> Path:
+    """Original / mask / black / noise / mixed for a few training images
+    (``xaipipe.data.figures.write_variant_examples``)."""
+    return results(config) / "data" / "variants" / "examples.png"
+
+
 # --- training --------------------------------------------------------------------------
 
 def model_dir(config: Mapping, variant: str) -> Path:
@@ -151,3 +157,18 @@ judges feature-visualisation recognisability; lives at ``model_dir(config, REFER
 
 def report_dir(config: Mapping) -> Path:
     return results(config) / "report"
+
+
+def report_table(config: Mapping, name: str) -> Path:
+    """One tidy table of the aggregate stage (``xaipipe.report.aggregate.TABLES``)."""
+    return report_dir(config) / f"{name}.csv"
+
+
+def report_figures_dir(config: Mapping) -> Path:
+    """PNGs the report stage draws itself (feature-visualisation grid, saliency grid)."""
+    return report_dir(config) / "figures"
+
+
+def report_html(config: Mapping) -> Path:
+    """The self-contained HTML report (figures embedded as data URIs)."""
+    return report_dir(config) / "index.html"
