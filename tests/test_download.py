@@ -68,23 +68,22 @@ class TarServer:
                 start = int(header.split("=")[1].rstrip("-")) if header and server.honour_range else 0
                 total = len(server.payload)
                 if start >= total and header:
+                    server.sent.append(0)  # recorded before replying: the client may finish first
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{total}")
                     self.end_headers()
-                    server.sent.append(0)
                     return
                 body = server.payload[start:]
+                drop = server.drop_after is not None and (server.always_drop or len(server.ranges) == 1)
+                sent = body[:server.drop_after] if drop else body
+                server.sent.append(len(sent))  # recorded before replying: the client may finish first
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                drop = server.drop_after is not None and (server.always_drop or len(server.ranges) == 1)
-                if drop:
-                    body = body[:server.drop_after]
-                self.wfile.write(body)
+                self.wfile.write(sent)
                 self.wfile.flush()
-                server.sent.append(len(body))
 
             def log_message(self, *args):
                 pass
