@@ -33,15 +33,14 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from xaipipe import paths
-from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
 from xaipipe.device import claim_device
 from xaipipe.errors import DataError
 from xaipipe.explain.featvis import FEATVIS_ARRAY
-from xaipipe.io import atomic_path, write_json
-from xaipipe.models import images_to_float, load_model, save_model
-from xaipipe.train import predict, train_classifier
-from xaipipe.train_stage import load_variant_splits, table_metrics, variant_seed
+from xaipipe.io import atomic_path
+from xaipipe.models import images_to_float, load_model
+from xaipipe.train import predict
+from xaipipe.train_stage import train_model, variant_seed
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +148,7 @@ def run_train_reference(config: Mapping) -> dict:
     """Train the judge :data:`xaipipe.paths.REFERENCE_MODEL`: exactly like ``standard``
     (its store, its ``train`` settings) but with ``standard``'s seed + 1, so it shares no
     initialisation or batch order with the model whose visualisations it judges. Writes
-    ``model.pt`` and ``metrics.json`` under ``paths.model_dir(config, REFERENCE_MODEL)``."""
-    name = paths.REFERENCE_MODEL
-    splits = load_variant_splits(config, "standard")
-    train = splits["train"]
-    seed = variant_seed(config, "standard") + 1
-    with claim_device(config["device"]) as device:
-        result = train_classifier(
-            train, train_settings(config, "standard"), num_classes=train.num_classes, seed=seed,
-            device=device, evals={"val": splits["val"], "val_matched": splits["val_matched"]},
-            checkpoint_dir=paths.checkpoint_dir(config, name), desc=name)
-        metrics = table_metrics(result, splits, device)
-    metrics.update(variant=name, seed=seed, num_classes=train.num_classes,
-                   resolution=config["resolution"], device=str(device))
-    save_model(paths.model_weights(config, name), result.model, {
-        "num_classes": train.num_classes, "class_names": train.class_names,
-        "resolution": config["resolution"], "variant": name, "seed": seed})
-    write_json(paths.model_metrics(config, name), metrics)
-    log.info("%s: val accuracy %.3f (seed %d)", name, metrics["val_accuracy"], seed)
-    return metrics
+    ``model.pt``, ``metrics.json``, ``history.csv`` and ``learning_curve.png`` under
+    ``paths.model_dir(config, REFERENCE_MODEL)``."""
+    return train_model(config, paths.REFERENCE_MODEL, store_variant="standard",
+                       seed=variant_seed(config, "standard") + 1)
