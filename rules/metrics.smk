@@ -1,0 +1,7 @@
+# SCG/CCG, ground-truth localisation and feature-visualisation metrics.
+# Each stage_rule() defines one rule from the stage list in xaipipe/pipeline.py
+# (rules/common.smk); the rule is named after the stage.
+
+stage_rule("confidence_gain")
+stage_rule("localisation")
+stage_rule("featvis_metrics")
