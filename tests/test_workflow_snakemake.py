@@ -67,7 +67,8 @@ def test_changed_override_reruns_only_that_variant(done):
     assert any("train.py" in c for c in per_variant)
     # the jobs over all variants rerun because their inputs change; nothing else does
     assert {c.split()[1] for c in commands if "--variant" not in c} == {
-        "workflow_scripts/roar_summary.py", "workflow_scripts/featvis_metrics.py"}
+        "workflow_scripts/roar_summary.py", "workflow_scripts/featvis_metrics.py",
+        "workflow_scripts/aggregate.py", "workflow_scripts/report.py"}
 
 
 def test_command_line_config_overrides_are_rejected(done):
@@ -105,5 +106,5 @@ def test_failed_job_leaves_no_output_and_rerun_resumes(done, monkeypatch):
     monkeypatch.delenv("XAIPIPE_FAKE_FAIL")
     snakemake(["--cores", "1", *CI], done)
     resumed = [r.split()[0] for r in fake_runs(done)[before:]]
-    assert set(resumed) == {"featvis", "featvis_metrics"}
+    assert set(resumed) == {"featvis", "featvis_metrics", "aggregate", "report"}
     assert (done / "results" / "explain" / variant / "featvis" / "content.txt").is_file()

@@ -61,12 +61,6 @@ def variant_summary(config: Mapping, variant: str) -> Path:
     return results(config) / "data" / "variants" / f"{variant}.json"
 
 
-def variant_examples_figure(config: Mapping) -> Path:
-    """Original / mask / black / noise / mixed for a few training images
-    (``xaipipe.data.figures.write_variant_examples``)."""
-    return results(config) / "data" / "variants" / "examples.png"
-
-
 # --- training --------------------------------------------------------------------------
 
 def model_dir(config: Mapping, variant: str) -> Path:
@@ -167,6 +161,12 @@ def report_table(config: Mapping, name: str) -> Path:
 def report_figures_dir(config: Mapping) -> Path:
     """PNGs the report stage draws itself (feature-visualisation grid, saliency grid)."""
     return report_dir(config) / "figures"
+
+
+def variant_examples_figure(config: Mapping) -> Path:
+    """Original / mask / black / noise / mixed for a few training images, drawn by the
+    report stage (``xaipipe.data.figures.write_variant_examples``)."""
+    return report_figures_dir(config) / "variant_examples.png"
 
 
 def report_html(config: Mapping) -> Path:

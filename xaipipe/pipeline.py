@@ -32,6 +32,7 @@ import yaml
 from xaipipe import paths
 from xaipipe.config import load_config
 from xaipipe.errors import ConfigError
+from xaipipe.report.aggregate import TABLES as REPORT_TABLES
 
 SCRIPTS_DIR = "workflow_scripts"
 LOG_DIR = "logs"
@@ -147,6 +148,34 @@ def _val_maps(config, variant) -> dict:
                      for m in config["explain"]["methods"]]}
 
 
+def _aggregate_inputs(config) -> dict:
+    """Every per-stage number the aggregate stage joins into the report tables."""
+    variants = config["variants"]
+    return {
+        "metrics": [paths.model_metrics(config, v) for v in variants],
+        "undesirable": [paths.undesirable_dir(config, v) for v in variants],
+        "sanity": [paths.sanity_dir(config, v) for v in variants],
+        "confidence_gain": [paths.confidence_gain_table(config, v) for v in variants],
+        "localisation": [paths.localisation_table(config, v) for v in variants],
+        "roar_summary": paths.roar_summary_dir(config),
+        "featvis_metrics": paths.featvis_metrics_table(config),
+    }
+
+
+def _report_inputs(config) -> dict:
+    """The aggregate tables plus the figures and arrays the report draws from."""
+    variants = config["variants"]
+    return {
+        "tables": [paths.report_table(config, name) for name in REPORT_TABLES],
+        "index": paths.index_table(config),
+        "curves": [paths.model_curve(config, v) for v in variants],
+        "featvis": [paths.featvis_dir(config, v) for v in variants],
+        "maps": [paths.attribution_map(config, v, m, "val")
+                 for v in variants for m in config["explain"]["methods"]],
+        **{f"store_{v}": paths.variant_dir(config, v) for v in variants},
+    }
+
+
 def _all_jobs_outputs(config, stage_name: str) -> list[Path]:
     stage = STAGES[stage_name]
     return [p for wc in jobs(stage, config) for p in _flat(stage.outputs(config, **wc).values())]
@@ -172,12 +201,13 @@ STAGE_LIST: tuple[Stage, ...] = (
     Stage("index", "data", "data", (),
           outputs=lambda c: {"table": paths.index_table(c), "log": paths.index_log(c)},
           inputs=lambda c: {"manifest": paths.dataset_manifest(c)},
-          params=("dataset.min_fg_fraction", "dataset.on_bad_file"), metrics=("log",)),
+          params=("dataset.name", "dataset.voc_root", "synthetic.num_classes",
+                  "dataset.min_fg_fraction", "dataset.on_bad_file"), metrics=("log",)),
     Stage("variant", "data", "data", ("variant",),
           outputs=lambda c, variant: {"store": paths.variant_dir(c, variant),
                                       "summary": paths.variant_summary(c, variant)},
           inputs=lambda c, variant: {"index": paths.index_table(c)},
-          params=("seed", "resolution", "dataset.resize", "variant"),
+          params=("seed", "resolution", "dataset.resize", "dataset.on_bad_file", "variant"),
           dir_outputs=frozenset({"store"}), mem_mb=8000),
     Stage("train", "train", "torch", ("variant",),
           outputs=lambda c, variant: {"weights": paths.model_weights(c, variant),
@@ -189,7 +219,10 @@ STAGE_LIST: tuple[Stage, ...] = (
           mem_mb=16000, runtime=720, metrics=("metrics",), plots=("history", "curve"),
           report=("curve",)),
     Stage("train_reference", "train", "torch", (),
-          outputs=lambda c: {"weights": paths.model_dir(c, paths.REFERENCE_MODEL) / "model.pt"},
+          outputs=lambda c: {"weights": paths.model_weights(c, paths.REFERENCE_MODEL),
+                             "metrics": paths.model_metrics(c, paths.REFERENCE_MODEL),
+                             "history": paths.model_history(c, paths.REFERENCE_MODEL),
+                             "curve": paths.model_curve(c, paths.REFERENCE_MODEL)},
           inputs=lambda c: _store(c, "standard"),
           params=("seed", "train", "train_overrides.standard"), gpu=True, threads=2,
           mem_mb=16000, runtime=720),
@@ -228,7 +261,8 @@ STAGE_LIST: tuple[Stage, ...] = (
           inputs=lambda c, variant, method: {
               **_model_and_store(c, variant),
               "map": paths.attribution_map(c, variant, method, "val")},
-          params=("seed",), gpu=True, threads=2, mem_mb=8000, runtime=120),
+          params=("seed", "roar.fractions", "roar.road_noise_std"), gpu=True, threads=2,
+          mem_mb=8000, runtime=120),
     Stage("roar_summary", "roar", "data", (),
           outputs=lambda c: {"dir": paths.roar_summary_dir(c)},
           inputs=lambda c: {"roar": _all_jobs_outputs(c, "roar"),
@@ -238,21 +272,28 @@ STAGE_LIST: tuple[Stage, ...] = (
     Stage("confidence_gain", "metrics", "torch", ("variant",),
           outputs=lambda c, variant: {"table": paths.confidence_gain_table(c, variant)},
           inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
-          params=("seed", "confidence_gain", "explain.methods"), gpu=True, threads=2,
+          params=("seed", "resolution", "confidence_gain", "explain.methods"), gpu=True, threads=2,
           mem_mb=8000, runtime=240, report=("table",)),
-    Stage("localisation", "metrics", "data", ("variant",),
+    Stage("localisation", "metrics", "torch", ("variant",),
           outputs=lambda c, variant: {"table": paths.localisation_table(c, variant)},
           inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
-          params=("explain.methods",), report=("table",)),
+          params=("explain.methods", "localisation", "train.bg_only_fill"), report=("table",)),
     Stage("featvis_metrics", "metrics", "torch", (),
           outputs=lambda c: {"table": paths.featvis_metrics_table(c)},
           inputs=lambda c: {
               "featvis": [paths.featvis_dir(c, v) for v in c["variants"]],
               "models": [paths.model_weights(c, v) for v in c["variants"]],
-              "reference": paths.model_dir(c, paths.REFERENCE_MODEL) / "model.pt"},
-          params=("variants",), report=("table",)),
-    # Placeholders, added when their scripts exist: aggregate (-> paths.report_dir/tables)
-    # and report (-> paths.report_dir/index.html), group "report", env "report".
+              "reference": paths.model_weights(c, paths.REFERENCE_MODEL),
+              **_store(c, c["variants"][0])},
+          params=("variants", "featvis_metrics"), report=("table",)),
+    Stage("aggregate", "report", "data", (),
+          outputs=lambda c: {"tables": [paths.report_table(c, name) for name in REPORT_TABLES]},
+          inputs=lambda c: _aggregate_inputs(c), params=("variants",)),
+    Stage("report", "report", "data", (),
+          outputs=lambda c: {"html": paths.report_html(c), "figures": paths.report_figures_dir(c)},
+          inputs=lambda c: _report_inputs(c),
+          params=("seed", "resolution", "variants", "variant", "explain.methods", "report"),
+          dir_outputs=frozenset({"figures"})),
 )
 
 STAGES: dict[str, Stage] = {s.name: s for s in STAGE_LIST}

@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from xaipipe import paths  # noqa: E402
+from xaipipe.data.figures import write_variant_examples  # noqa: E402
 from xaipipe.data.store import read_split  # noqa: E402
 from xaipipe.explain.featvis import featvis_grid  # noqa: E402
 from xaipipe.io import atomic_path, write_text  # noqa: E402
@@ -123,8 +124,11 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
                        "paper's (accuracies in %; val = unmodified val images). Extra columns: val "
                        "with the variant's own treatment, foreground-only and background-only val.")
     _table_or_missing(training, tables["table1"], "model metrics (train stage)")
-    _figures(training, [(paths.variant_examples_figure(config), "Training variants")],
-             "variant example figure (variant stage)")
+    if paths.index_table(config).is_file():
+        training.figure(write_variant_examples(config), "Training variants (paper Fig. 3): "
+                        "original, foreground mask, black, noise and mixed")
+    else:
+        training.missing("variant example figure (needs the index stage)")
 
     curves = Section("Learning curves")
     _figures(curves, [(paths.model_curve(config, v), f"{v}: loss and accuracy per epoch")
