@@ -20,13 +20,13 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
 from xaipipe import paths  # noqa: E402
 from xaipipe.data.figures import write_variant_examples  # noqa: E402
 from xaipipe.data.store import read_split  # noqa: E402
 from xaipipe.explain.featvis import featvis_grid  # noqa: E402
-from xaipipe.io import atomic_path, write_text  # noqa: E402
+from xaipipe.explain.figures import saliency_grid  # noqa: E402
+from xaipipe.io import write_text  # noqa: E402
 from xaipipe.report.aggregate import PAPER_ROW, read_tables  # noqa: E402
 from xaipipe.report.findings import findings  # noqa: E402
 from xaipipe.report.html import Section, render_page  # noqa: E402
@@ -59,42 +59,30 @@ def draw_featvis_grid(config: Mapping) -> Path | None:
 
 
 def draw_saliency_grid(config: Mapping) -> Path | None:
-    """The first ``report.saliency_images`` val images of each variant with their
-    ``explain.methods`` val maps (absolute value, each map scaled to its own maximum);
-    ``None`` when no variant has both a val store and a map. Hand-written matplotlib."""
-    methods = list(config["explain"]["methods"])
+    """The first ``report.saliency_images`` val images of each variant with the val maps
+    of every ``explain.methods`` entry all those variants have, drawn by
+    :func:`xaipipe.explain.figures.saliency_grid`; ``None`` when there is nothing to draw."""
     n_images = config["report"]["saliency_images"]
     blocks = []
     for variant in config["variants"]:
         store = paths.variant_split_dir(config, variant, "val")
-        maps = {m: paths.attribution_map(config, variant, m, "val") for m in methods}
+        maps = {m: paths.attribution_map(config, variant, m, "val") for m in config["explain"]["methods"]}
         maps = {m: p for m, p in maps.items() if p.is_file()}
-        if not maps or not (store / "meta.json").is_file():
-            continue
-        split = read_split(store)
-        count = min(n_images, len(split))
-        blocks.append((variant, np.asarray(split.images[:count]),
-                       {m: np.load(p, mmap_mode="r")[:count].astype(np.float32) for m, p in maps.items()}))
-    if not blocks:
+        if maps and (store / "meta.json").is_file():
+            blocks.append((variant, read_split(store), maps))
+    methods = [m for m in config["explain"]["methods"] if blocks and all(m in b[2] for b in blocks)]
+    if not methods:
         return None
-    rows = [(variant, i, images[i], maps) for variant, images, maps in blocks for i in range(len(images))]
-    fig = Figure(figsize=(1.4 * (1 + len(methods)) + 0.6, 1.4 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), 1 + len(methods), squeeze=False)
-    for r, (variant, i, image, maps) in enumerate(rows):
-        axes[r, 0].imshow(np.transpose(image, (1, 2, 0)))
-        axes[r, 0].set_ylabel(f"{variant} #{i}", fontsize=7)
-        for c, method in enumerate(methods, start=1):
-            if method in maps:
-                heat = np.abs(maps[method][i])
-                axes[r, c].imshow(heat / max(float(heat.max()), 1e-12), cmap="inferno", vmin=0, vmax=1)
-            if r == 0:
-                axes[r, c].set_title(method, fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    images, maps_by_method, titles = [], {m: [] for m in methods}, []
+    for variant, split, maps in blocks:
+        count = min(n_images, len(split))
+        images.append(np.asarray(split.images[:count]))
+        titles += [f"{variant} #{i}" for i in range(count)]
+        for m in methods:
+            maps_by_method[m].append(np.load(maps[m], mmap_mode="r")[:count].astype(np.float32))
     out = paths.report_figures_dir(config) / SALIENCY_GRID
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+    saliency_grid(np.concatenate(images), {m: np.concatenate(v) for m, v in maps_by_method.items()},
+                  out, row_titles=titles)
     return out
 
 
