@@ -4,8 +4,10 @@ shortcut away?
 Generates the synthetic VOC-format dataset (each class shown on its "own" background texture
 with probability ``synthetic.bg_correlation``), builds the ``standard`` and ``black`` tensor
 stores and runs the real train stage for both, in a temporary results dir. Expected: the
-``standard`` model classifies background-only val images (val x (1 - mask)) well above
-chance (it learned the context), the ``black`` model only at chance level.
+``standard`` model classifies background-only val images (object removed as
+``train.bg_only_fill`` says: imputed from the background by default, or black) well above
+chance (it learned the context), the ``black`` model only at chance level. Numbers in
+docs/training.md.
 
     python bench/train_confound.py [--config config.yaml config/demo.yaml] [--set train.epochs=4 ...]
 """

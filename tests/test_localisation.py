@@ -92,6 +92,12 @@ def test_background_reliance_on_hand_made_model():
     means = dict(zip(table.metric, table["mean"]))
     # full image bright -> 1; foreground only: mean 0.25 -> class 0; background only: 0.75 -> 1
     assert means == {"accuracy_full": 1.0, "accuracy_fg_only": 0.0, "accuracy_bg_only": 1.0}
+    # foreground = top 3 rows (75 %): a black hole leaves mean 0.25 -> class 0 (wrong), the
+    # default imputation fills it from the bright background -> mean 1 -> class 1 (right)
+    masks[:, :3] = 1
+    for fill, expected in (("black", 0.0), ("impute", 1.0)):
+        rows = reliance_rows("standard", MeanBrightness(), split, torch.device("cpu"), 8, fill)
+        assert {r["metric"]: r["mean"] for r in rows}["accuracy_bg_only"] == expected
 
 
 def stage_config(make_config, tmp_path) -> tuple[dict, str]:

@@ -15,6 +15,7 @@ from torchvision.models import resnet18
 from conftest import fake_split, run_workflow_script
 from xaipipe import checkpoint, paths
 from xaipipe.augment import apply_affine, crop_flip_params
+from xaipipe.data.store import Split
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.io import read_json
 from xaipipe.models import load_model
@@ -106,12 +107,67 @@ def test_predict_scales_uint8_and_accuracy_hand_computed():
     assert accuracy(model, images, np.array([0, 2, 0]), CPU) == pytest.approx(2 / 3)
 
 
-def test_foreground_and_background_only_images():
+def test_foreground_and_black_background_only_images():
     split = fake_split(n=4, size=8)
-    fg, bg = foreground_only(split), background_only(split)
+    fg, bg = foreground_only(split), background_only(split, "black")
     np.testing.assert_array_equal(fg + bg, split.images)
     mask = split.masks[:, None].astype(bool).repeat(3, axis=1)
     assert (fg[~mask] == 0).all() and (bg[mask] == 0).all()
+
+
+def _split(images: np.ndarray, masks: np.ndarray) -> Split:
+    return Split(images=images.astype(np.uint8), masks=masks.astype(np.uint8),
+                 labels=np.zeros(len(images), dtype=np.int64))
+
+
+def test_background_only_imputes_the_object_hand_computed():
+    """3 x 3 image, centre pixel = object: it becomes the ROAD-weighted mean of its 8
+    neighbours (direct 1/6, diagonal 1/12): 4/6 * 60 + 4/12 * 120 = 80 (channel 0), and
+    4/6 * 30 + 4/12 * 90 = 50 (channel 1); background pixels stay as they were."""
+    channel0 = np.array([[120, 60, 120], [60, 0, 60], [120, 60, 120]])
+    channel1 = np.array([[90, 30, 90], [30, 250, 30], [90, 30, 90]])
+    images = np.stack([channel0, channel1, channel0])[None]
+    masks = np.zeros((1, 3, 3))
+    masks[0, 1, 1] = 1
+    out = background_only(_split(images, masks))
+    assert out.dtype == np.uint8
+    assert out[0, :, 1, 1].tolist() == [80, 50, 80]
+    keep = ~masks[0].astype(bool)
+    np.testing.assert_array_equal(out[0][:, keep], images[0][:, keep])
+    assert background_only(_split(images, masks), "black")[0, :, 1, 1].tolist() == [0, 0, 0]
+
+
+def test_background_only_leaves_no_silhouette_and_keeps_the_background():
+    """A linear ramp background is reproduced exactly inside a 4 x 4 object (the imputation
+    is a weighted mean, so it is exact for linear images); a non-zero background leaves no
+    zero where the object was; whole-object and object-free images are handled."""
+    y, x = np.mgrid[0:8, 0:8]
+    ramp = 10 + 5 * x + 3 * y
+    images = np.repeat(np.stack([ramp, ramp + 20, 200 - ramp])[None], 3, axis=0)
+    images[0, :, 2:6, 2:6] = 0                      # the "object" itself: black
+    images[1, :, 2:6, 2:6] = 255
+    masks = np.zeros((3, 8, 8))
+    masks[0, 2:6, 2:6] = masks[1, 2:6, 2:6] = 1
+    masks[2] = 0                                    # no object: unchanged
+    out = background_only(_split(images, masks))
+    expected = np.stack([ramp, ramp + 20, 200 - ramp])
+    np.testing.assert_array_equal(out[0], expected)
+    np.testing.assert_array_equal(out[1], expected)
+    np.testing.assert_array_equal(out[2], images[2])
+    split = fake_split(n=6, size=16)
+    split.images[:] = np.maximum(split.images, 1)   # a background without zeros
+    out = background_only(split)
+    mask = split.masks[:, None].astype(bool).repeat(3, axis=1)
+    np.testing.assert_array_equal(out[~mask], split.images[~mask])
+    assert (out[mask] > 0).all()
+    assert not np.array_equal(out[mask], split.images[mask])  # the object colour is gone
+    full = background_only(_split(np.full((1, 3, 4, 4), 9), np.ones((1, 4, 4))))
+    assert (full == 0).all()                        # nothing to impute from: black
+
+
+def test_background_only_rejects_unknown_fill():
+    with pytest.raises(ConfigError, match="train.bg_only_fill"):
+        background_only(fake_split(n=1, size=4), "blur")
 
 
 # --- training: learning, determinism, resume ------------------------------------------------

@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
-NON_RESULT_SETTINGS = ("checkpoint_every", "num_threads", "compile")
-"""Train settings that change speed or bookkeeping but not the numbers; a checkpoint stays
-valid when only these differ."""
+NON_RESULT_SETTINGS = ("checkpoint_every", "num_threads", "compile", "bg_only_fill")
+"""Train settings that change speed, bookkeeping or the after-training probes but not the
+trained weights; a checkpoint stays valid when only these differ."""
 
 
 def fingerprint(settings: Mapping[str, Any], seed: int, num_classes: int,

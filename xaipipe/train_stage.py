@@ -8,8 +8,10 @@ Reads the variant's tensor store (``train``, ``val``, ``val_matched``), trains w
 - ``metrics.json``: Table I of Nielsen et al. (train accuracy, val accuracy on unmodified
   val images, loss) plus val_matched accuracy, chance level and **background reliance**:
   accuracy on foreground-only val images (val x mask, background black) and on
-  background-only val images (val x (1 - mask)). A model that leans on context stays well
-  above chance on background-only images; one that cannot (``black``) falls to chance;
+  background-only val images (the object pixels filled from the surrounding background by
+  ROAD's linear imputation, ``train.bg_only_fill: impute``, or set to black, ``black``).
+  A model that leans on context stays well above chance on background-only images; one
+  that cannot (``black``) falls to chance;
 - ``history.csv``: one row per epoch;
 - ``learning_curve.png``: loss and accuracies against epoch.
 """
@@ -23,12 +25,14 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from xaipipe import paths
 from xaipipe.config import train_settings
 from xaipipe.data.store import Split, read_split
 from xaipipe.device import claim_device
-from xaipipe.errors import DataError
+from xaipipe.errors import ConfigError, DataError
+from xaipipe.evaluate.road import linear_imputation
 from xaipipe.io import atomic_path, write_json
 from xaipipe.models import save_model
 from xaipipe.train import TrainResult, accuracy, train_classifier
@@ -49,9 +53,33 @@ def foreground_only(split: Split) -> np.ndarray:
     return split.images * split.masks[:, None].astype(np.uint8)
 
 
-def background_only(split: Split) -> np.ndarray:
-    """Val images with the foreground set to black (image x (1 - mask))."""
-    return split.images * (1 - split.masks[:, None]).astype(np.uint8)
+BG_ONLY_FILLS = ("impute", "black")
+"""How :func:`background_only` removes the object: ``impute`` (default) fills the object
+pixels from the surrounding background, ``black`` sets them to 0 (val x (1 - mask))."""
+
+
+def background_only(split: Split, fill: str = "impute") -> np.ndarray:
+    """Val images with the object (mask = 1, outlines included) removed, uint8 N x 3 x H x W.
+
+    ``fill="black"``: image x (1 - mask), a black hole with the object's silhouette.
+    ``fill="impute"``: every object pixel becomes the weighted mean of its 8 neighbours,
+    solved jointly over the whole object (the noise-free ROAD imputer,
+    :func:`xaipipe.evaluate.road.linear_imputation`), so the hole is a smooth blend of the
+    surrounding background: neither the silhouette nor an unusual black region is left.
+    Background pixels are unchanged. An image whose mask covers every pixel has no
+    background to impute from and stays black; one with an empty mask is returned as is.
+    """
+    if fill not in BG_ONLY_FILLS:
+        raise ConfigError(f"train.bg_only_fill is {fill!r}; use one of {', '.join(BG_ONLY_FILLS)}")
+    masks = np.asarray(split.masks).astype(bool)
+    images = np.asarray(split.images) * (~masks[:, None]).astype(np.uint8)
+    if fill == "black":
+        return images
+    for i in tqdm(range(len(images)), desc="bg-only imputation", unit="img", leave=False):
+        if masks[i].any() and not masks[i].all():
+            filled = linear_imputation(np.asarray(split.images[i], dtype=np.float64), masks[i])
+            images[i] = np.clip(np.round(filled), 0, 255).astype(np.uint8)
+    return images
 
 
 def load_variant_splits(config: Mapping[str, Any], variant: str) -> dict[str, Split]:
@@ -75,8 +103,10 @@ def load_variant_splits(config: Mapping[str, Any], variant: str) -> dict[str, Sp
     return splits
 
 
-def table_metrics(result: TrainResult, splits: Mapping[str, Split], device: torch.device) -> dict:
-    """Table I columns, val_matched accuracy and background reliance of a trained model."""
+def table_metrics(result: TrainResult, splits: Mapping[str, Split], device: torch.device,
+                  bg_only_fill: str = "impute") -> dict:
+    """Table I columns, val_matched accuracy and background reliance of a trained model
+    (background-only images built with :func:`background_only` and ``bg_only_fill``)."""
     model, val = result.model, splits["val"]
     num_classes = splits["train"].num_classes
     return {
@@ -86,7 +116,8 @@ def table_metrics(result: TrainResult, splits: Mapping[str, Split], device: torc
         "val_matched_accuracy": result.final["val_matched_acc"],
         "loss": result.final.get("loss"),
         "fg_only_val_accuracy": accuracy(model, foreground_only(val), val.labels, device),
-        "bg_only_val_accuracy": accuracy(model, background_only(val), val.labels, device),
+        "bg_only_val_accuracy": accuracy(model, background_only(val, bg_only_fill), val.labels, device),
+        "bg_only_fill": bg_only_fill,
         "chance_accuracy": 1.0 / num_classes,
         "epochs": len(result.history),
         "seconds": result.final["total_seconds"],
@@ -135,7 +166,7 @@ def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, see
             train, settings, num_classes=train.num_classes, seed=seed, device=device,
             evals={"val": splits["val"], "val_matched": splits["val_matched"]},
             checkpoint_dir=paths.checkpoint_dir(config, name), desc=name)
-        metrics = table_metrics(result, splits, device)
+        metrics = table_metrics(result, splits, device, settings["bg_only_fill"])
     metrics.update(variant=name, store_variant=store_variant, seed=seed,
                    num_classes=train.num_classes, resolution=config["resolution"], device=str(device))
     save_model(paths.model_weights(config, name), result.model, {

@@ -4,7 +4,8 @@ Every class ``c`` has a fixed look, so the task is learnable from the object alo
 family (``SHAPES[c % 10]``) and a colour (hue ``c / num_classes``), drawn with per-object
 jitter in size, aspect, position, rotation, hue and shading. Every class also owns one
 background texture (stripes, checkers, waves, blotches, rings or dots at a class-specific
-angle, frequency and colour). With probability ``synthetic.bg_correlation`` (p) an image's
+angle, frequency and pair of grey levels; achromatic, so no background ever shows an object's
+hue). With probability ``synthetic.bg_correlation`` (p) an image's
 background is the texture of its main class, otherwise one of the *other* textures chosen
 uniformly, so P(own texture) = p exactly and p = 1/num_classes makes the background
 independent of the label. This is the spurious context of the background-removal paper
@@ -134,18 +135,29 @@ def class_colour(c: int, num_classes: int) -> tuple[float, float, float]:
     return colorsys.hsv_to_rgb(c / num_classes, 0.85, 0.85)
 
 
+GREY_LEVELS = (0.125, 0.375, 0.625, 0.875)
+"""Texture grey levels, one in the middle of each of the colour probe's 4 bins per channel."""
+TEXTURE_GREYS = ((3, 0), (2, 0), (3, 1), (3, 2), (2, 1), (3, 0), (1, 0), (3, 1), (2, 0), (2, 1))
+"""(light, dark) indices into ``GREY_LEVELS`` of texture ``b % 10``: textures of the same
+pattern kind get different pairs (with 10 classes only the blotches of 9 share the grey pair
+of the rings of 4; the pattern still tells them apart)."""
+
+
 def texture_look(b: int, num_classes: int) -> dict:
     """Fixed look of background texture ``b``: pattern kind, angle, frequency, two colours.
 
-    Hues sit between the object hues, with low saturation, so object and background colours
-    differ; angle and frequency vary with ``b`` so two textures of one kind still differ.
+    The colours are **achromatic** greys (saturation 0), while every object is saturated
+    (saturation >= 0.75 at any hue), so the background's cue (pattern, angle, frequency,
+    grey levels) and the object's cue (shape, hue) do not overlap: a model that learned only
+    the objects finds no object colour in a background. Angle and frequency vary with ``b``
+    so two textures of one kind still differ. (``num_classes`` is kept for the signature.)
     """
-    hue = (b + 0.5) / num_classes
+    light, dark = (GREY_LEVELS[i] for i in TEXTURE_GREYS[b % len(TEXTURE_GREYS)])
     return {
         "kind": TEXTURES[b % len(TEXTURES)],
         "angle": math.radians((b * 47) % 180),
         "frequency": 3.0 + (b * 7) % 5,
-        "colours": (colorsys.hsv_to_rgb(hue, 0.35, 0.9), colorsys.hsv_to_rgb(hue, 0.35, 0.45)),
+        "colours": ((light,) * 3, (dark,) * 3),
     }
 
 

@@ -16,8 +16,10 @@ images, next to the value a map that knows nothing about the object would get:
   foreground fraction is the chance level of both scores.
 
 Background reliance of the model: accuracy on the unmodified val images, on foreground-only
-images (val x mask, background black) and background-only images (val x (1 - mask)); the
-image builders and :func:`xaipipe.train.accuracy` are the train stage's own.
+images (val x mask, background black) and background-only images (object pixels imputed
+from the background, or black, by ``train.bg_only_fill``); the image builders
+(:func:`xaipipe.train_stage.background_only`) and the prediction code are the train stage's
+own, so these rows match metrics.json.
 
 Masks are 1 = foreground. Hand-written (a few tensor reductions; no library has them).
 """
@@ -32,6 +34,7 @@ import pandas as pd
 import torch
 
 from xaipipe import paths
+from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
 from xaipipe.device import claim_device
 from xaipipe.evaluate.removal import load_maps
@@ -93,13 +96,13 @@ def localisation_rows(variant: str, maps: Mapping[str, np.ndarray], masks: np.nd
 
 
 def reliance_rows(variant: str, model: torch.nn.Module, split, device: torch.device,
-                  batch_size: int) -> list[dict]:
+                  batch_size: int, bg_only_fill: str = "impute") -> list[dict]:
     """Accuracy (mean of per-image correctness, with its std) on full, foreground-only and
-    background-only val images."""
+    background-only val images (:func:`background_only` with ``bg_only_fill``)."""
     rows = []
     for metric, images in (("accuracy_full", split.images),
                            ("accuracy_fg_only", foreground_only(split)),
-                           ("accuracy_bg_only", background_only(split))):
+                           ("accuracy_bg_only", background_only(split, bg_only_fill))):
         correct = predict(model, images, device, batch_size).argmax(1).numpy() == split.labels
         rows.append(_row(variant, MODEL, metric, correct.astype(np.float64)))
     return rows
@@ -114,7 +117,8 @@ def run_localisation(config: Mapping, variant: str) -> pd.DataFrame:
     rows = localisation_rows(variant, maps, split.masks, settings["negative"])
     with claim_device(config["device"]) as device:
         model, _ = load_model(paths.model_weights(config, variant), map_location=device)
-        rows += reliance_rows(variant, model, split, device, settings["batch_size"])
+        rows += reliance_rows(variant, model, split, device, settings["batch_size"],
+                              train_settings(config, variant)["bg_only_fill"])
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(paths.localisation_table(config, variant)) as tmp:
         table.to_csv(tmp, index=False)
