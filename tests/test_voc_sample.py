@@ -101,3 +101,22 @@ def test_variant_example_figure(sample, tmp_path):
     with Image.open(out) as figure:
         width, height = figure.size
     assert width > 600 and height > 600
+
+
+def test_one_epoch_training_and_an_attribution_on_real_files(voc_sample_stores):
+    """train (1 epoch, black) -> attribute (gradient) on the real sample: the stages run on
+    real VOC stores and write well-formed outputs (no accuracy claim: 40 images)."""
+    from xaipipe.explain.attribution import run_attribute_stage
+    from xaipipe.train_stage import run_train_stage
+
+    config = voc_sample_stores
+    metrics = run_train_stage(config, "black")
+    assert metrics["epochs"] == 1 and metrics["num_classes"] == 20
+    for key in ("train_accuracy", "val_accuracy", "fg_only_val_accuracy", "bg_only_val_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    run_attribute_stage(config, "black", "gradient")
+    for split in config["explain"]["splits"]:
+        maps = np.load(paths.attribution_map(config, "black", "gradient", split))
+        store = read_split(paths.variant_split_dir(config, "black", split))
+        assert maps.dtype == np.float16 and maps.shape == store.masks.shape
+        assert np.isfinite(maps).all() and (maps >= 0).all() and maps.max() > 0
