@@ -38,10 +38,11 @@ def dvc_jobs(configfiles) -> set[tuple[str, frozenset]]:
 
 
 def snakemake_jobs(dry_run_output: str) -> set[tuple[str, frozenset]]:
-    """(command without log redirection, outputs) of every job of a `snakemake -n -p`."""
+    """(command without --threads and log redirection, outputs) of every job of a
+    `snakemake -n -p`."""
     planned = set()
     for block in dry_run_output.split("\n\n"):
-        command = re.search(r"^Shell command: (.*?) > \S+ 2>&1$", block, re.M)
+        command = re.search(r"^Shell command: (.*?) --threads \d+ > \S+ 2>&1$", block, re.M)
         if command:
             outputs = re.search(r"^\s+output: (.*)$", block, re.M).group(1).split(", ")
             planned.add((command.group(1), frozenset(outputs)))

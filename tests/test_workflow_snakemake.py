@@ -50,7 +50,7 @@ def test_every_planned_job_ran_once_and_rerun_does_nothing(done):
 
 def test_scripts_get_the_config_files_in_merge_order(done):
     out = snakemake(["-n", "-p", "--forcerun", "index", "--cores", "1", *CI], done).stdout
-    assert "python workflow_scripts/index.py --config config.yaml config/ci.yaml > " in out
+    assert "python workflow_scripts/index.py --config config.yaml config/ci.yaml --threads 1 > " in out
 
 
 def test_changed_override_reruns_only_that_variant(done):

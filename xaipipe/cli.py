@@ -32,6 +32,11 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
         help="config file(s), merged in order; later files override earlier ones "
              "(default: config.yaml)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=0, metavar="N",
+        help="CPU threads torch may use in this job (0 = torch's default, all cores); "
+             "Snakemake passes the rule's threads so parallel jobs do not oversubscribe",
+    )
     return parser
 
 
@@ -44,6 +49,10 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         config = load_config(args.config)
         main(args, config)

@@ -65,7 +65,9 @@ class Stage:
     results depend on (``{variant}`` is replaced by the wildcard); the merged values are the
     rule's ``params`` (Snakemake's params rerun trigger) and the stage's DVC ``params``.
     ``metrics`` / ``plots`` / ``report``: output names shown as DVC metrics, DVC plots and in
-    Snakemake's HTML report. ``runtime`` is in minutes.
+    Snakemake's HTML report. ``runtime`` is in minutes. ``threads``: the job's CPU cores,
+    passed to the script as ``--threads`` (torch's thread count); GPU stages other than
+    training take one, so CPU-only runs execute two of them side by side.
     """
 
     name: str
@@ -233,21 +235,21 @@ STAGE_LIST: tuple[Stage, ...] = (
           params=("seed", "explain.channel_reduce", "explain.ig_steps",
                   "explain.noise_tunnel_samples", "explain.noise_tunnel_stdev",
                   "explain.occlusion_patch", "explain.target", "explain.cmwp_layer"),
-          gpu=True, threads=2, mem_mb=16000, runtime=240),
+          gpu=True, mem_mb=16000, runtime=240),
     Stage("featvis", "explain", "torch", ("variant",),
           outputs=lambda c, variant: {"dir": paths.featvis_dir(c, variant)},
-          inputs=_model_and_store, params=("seed", "featvis"), gpu=True, threads=2,
+          inputs=_model_and_store, params=("seed", "featvis"), gpu=True,
           mem_mb=8000, runtime=240, dir_outputs=frozenset({"dir"})),
     Stage("undesirable", "explain", "torch", ("variant",),
           outputs=lambda c, variant: {"dir": paths.undesirable_dir(c, variant)},
-          inputs=_model_and_store, params=("seed", "undesirable"), gpu=True, threads=2,
+          inputs=_model_and_store, params=("seed", "undesirable"), gpu=True,
           mem_mb=8000, runtime=240, dir_outputs=frozenset({"dir"})),
     Stage("sanity", "explain", "torch", ("variant",),
           outputs=lambda c, variant: {"dir": paths.sanity_dir(c, variant)},
           inputs=_model_and_store,
           params=("seed", "sanity", "explain.channel_reduce", "explain.ig_steps",
                   "explain.noise_tunnel_samples", "explain.noise_tunnel_stdev", "explain.target"),
-          gpu=True, threads=2, mem_mb=8000, runtime=240, dir_outputs=frozenset({"dir"})),
+          gpu=True, mem_mb=8000, runtime=240, dir_outputs=frozenset({"dir"})),
     Stage("roar", "roar", "torch", ("kind", "variant", "method", "fraction", "seed"),
           outputs=lambda c, kind, variant, method, fraction, seed: {
               "result": paths.roar_result(c, kind, variant, method, fraction, seed)},
@@ -255,13 +257,13 @@ STAGE_LIST: tuple[Stage, ...] = (
               **_store(c, variant),
               "maps": [paths.attribution_map(c, variant, method, s) for s in ("train", "val")]},
           params=("seed", "roar.epochs", "train", "train_overrides.{variant}"), gpu=True,
-          threads=2, mem_mb=16000, runtime=720),
+          mem_mb=16000, runtime=720),
     Stage("road", "roar", "torch", ("variant", "method"),
           outputs=lambda c, variant, method: {"result": paths.road_result(c, variant, method)},
           inputs=lambda c, variant, method: {
               **_model_and_store(c, variant),
               "map": paths.attribution_map(c, variant, method, "val")},
-          params=("seed", "roar.fractions", "roar.road_noise_std"), gpu=True, threads=2,
+          params=("seed", "roar.fractions", "roar.road_noise_std"), gpu=True,
           mem_mb=8000, runtime=120),
     Stage("roar_summary", "roar", "data", (),
           outputs=lambda c: {"dir": paths.roar_summary_dir(c)},
@@ -272,7 +274,7 @@ STAGE_LIST: tuple[Stage, ...] = (
     Stage("confidence_gain", "metrics", "torch", ("variant",),
           outputs=lambda c, variant: {"table": paths.confidence_gain_table(c, variant)},
           inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
-          params=("seed", "resolution", "confidence_gain", "explain.methods"), gpu=True, threads=2,
+          params=("seed", "resolution", "confidence_gain", "explain.methods"), gpu=True,
           mem_mb=8000, runtime=240, report=("table",)),
     Stage("localisation", "metrics", "torch", ("variant",),
           outputs=lambda c, variant: {"table": paths.localisation_table(c, variant)},

@@ -25,6 +25,7 @@ def main(argv: list[str]) -> int:
     stage = pipeline.STAGES[argv[0]]
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", nargs="+", required=True)
+    parser.add_argument("--threads", type=int, default=0)
     for name in stage.wildcards:
         parser.add_argument(f"--{name}", required=True,
                             type=float if name == "fraction" else int if name == "seed" else str)
