@@ -87,7 +87,7 @@ def _config_file(config, tmp_path):
 def test_summary_stage_writes_every_table_and_curve(make_config, tmp_path):
     config = make_config({"variants": ["standard"],
                           "roar": {"methods": ["gradcam", "random"], "fractions": [0.2, 0.6],
-                                   "seeds": 2}})
+                                   "seeds": 2, "kar": True}})
     for kind in ("roar", "kar"):
         for (method, fraction, seed), acc in HAND.items():
             write_json(paths.roar_result(config, kind, "standard", method, fraction, seed),
