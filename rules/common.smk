@@ -28,7 +28,10 @@ def stage_outputs(name):
     for key in stage.dir_outputs & outputs.keys():
         outputs[key] = directory(outputs[key])
     for key in set(stage.report) & outputs.keys():
-        outputs[key] = report(outputs[key], category=stage.group, subcategory=stage.name)
+        # a directory contributes its figures and tables, one report entry per file
+        patterns = ["{name}.png", "{name}.csv"] if key in stage.dir_outputs else []
+        outputs[key] = report(outputs[key], category=stage.group, subcategory=stage.name,
+                              patterns=patterns)
     return outputs
 
 

@@ -52,3 +52,14 @@ def test_train_overrides_apply_to_one_variant():
     config["train_overrides"] = {"black": {"lr": 0.5}}
     assert train_settings(config, "black")["lr"] == 0.5
     assert train_settings(config, "standard")["lr"] == 0.01
+
+
+def test_epochs_override_replaces_only_the_epoch_count():
+    """roar.epochs / sanity.data_randomisation_epochs: null keeps train.epochs, a number wins
+    over it and over the variant's own override."""
+    config = load_config(REPO / "config.yaml")
+    config["train_overrides"] = {"black": {"epochs": 7, "lr": 0.5}}
+    assert train_settings(config, "black", epochs=None)["epochs"] == 7
+    settings = train_settings(config, "black", epochs=2)
+    assert settings["epochs"] == 2 and settings["lr"] == 0.5
+    assert config["train_overrides"]["black"]["epochs"] == 7

@@ -9,8 +9,8 @@ import yaml
 from conftest import run_workflow_script
 from xaipipe import paths
 from xaipipe.data import voc
-from xaipipe.data.images import resize_pair
 from xaipipe.data.index import write_index
+from xaipipe.data.resize import resize_pair
 from xaipipe.data.store import read_split
 from xaipipe.data.variants import (apply_variant, background_noise, mixed_selection,
                                    materialise_variants, noise_background, remove_background)

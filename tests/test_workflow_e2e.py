@@ -43,6 +43,14 @@ def test_local_snakemake_runs_the_whole_dag(local_run):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+def test_snakemake_html_report_holds_figures_and_tables(local_run):
+    snakemake(["--report", "snakemake-report.html", "--cores", "1", *CI], local_run)
+    page = (local_run / "snakemake-report.html").read_text(errors="replace")
+    for entry in ("learning_curve.png", "localisation.csv", "confidence_gain.csv",
+                  "featvis_metrics.csv", "index.html", "curves_roar_black.png"):
+        assert entry in page, entry
+
+
 def test_corrupt_input_fails_cleanly_and_rerun_resumes(local_run):
     store = local_run / "results" / "data" / "variants" / "black" / "val" / "labels.npy"
     good = store.read_bytes()

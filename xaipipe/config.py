@@ -53,7 +53,7 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_DefaultFillingValidator = _with_defaults(jsonschema.Draft7Validator)
+_DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -108,7 +108,10 @@ def load_config(paths: str | Path | Iterable[str | Path]) -> dict:
     return validate_config(merged, source=" + ".join(str(p) for p in paths))
 
 
-def train_settings(config: Mapping, variant: str) -> dict:
-    """The ``train`` section with ``train_overrides[variant]`` merged on top."""
+def train_settings(config: Mapping, variant: str, *, epochs: int | None = None) -> dict:
+    """The ``train`` section with ``train_overrides[variant]`` merged on top; ``epochs``, when
+    not None, replaces the epoch count (``roar.epochs``, ``sanity.data_randomisation_epochs``)."""
     settings = deep_merge(config["train"], config["train_overrides"].get(variant, {}))
+    if epochs is not None:
+        settings["epochs"] = epochs
     return settings

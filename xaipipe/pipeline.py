@@ -270,7 +270,7 @@ STAGE_LIST: tuple[Stage, ...] = (
           inputs=lambda c: {"roar": _all_jobs_outputs(c, "roar"),
                             "road": _all_jobs_outputs(c, "road")},
           params=("roar.methods", "roar.fractions", "roar.seeds", "roar.kar", "roar.road"),
-          dir_outputs=frozenset({"dir"})),
+          dir_outputs=frozenset({"dir"}), report=("dir",)),
     Stage("confidence_gain", "metrics", "torch", ("variant",),
           outputs=lambda c, variant: {"table": paths.confidence_gain_table(c, variant)},
           inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
@@ -295,7 +295,7 @@ STAGE_LIST: tuple[Stage, ...] = (
           outputs=lambda c: {"html": paths.report_html(c), "figures": paths.report_figures_dir(c)},
           inputs=lambda c: _report_inputs(c),
           params=("seed", "resolution", "variants", "variant", "explain.methods", "report"),
-          dir_outputs=frozenset({"figures"})),
+          dir_outputs=frozenset({"figures"}), report=("html", "figures")),
 )
 
 STAGES: dict[str, Stage] = {s.name: s for s in STAGE_LIST}

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xaipipe import paths  # noqa: E402
-from xaipipe.data.images import load_resized  # noqa: E402
 from xaipipe.data.index import read_index  # noqa: E402
+from xaipipe.data.resize import load_resized  # noqa: E402
 from xaipipe.data.variants import apply_variant, mixed_selection  # noqa: E402
 from xaipipe.io import atomic_path  # noqa: E402
 

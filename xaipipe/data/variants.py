@@ -15,7 +15,7 @@ other half consists of unmodified images".
 * ``mixed`` - exactly ``round(mixed_fraction x N)`` (half rounded up) images black-background,
   chosen by a per-id seeded key (independent of row order), the rest unchanged.
 
-Images are decoded and resized once (:func:`xaipipe.data.images.load_resized`); the
+Images are decoded and resized once (:func:`xaipipe.data.resize.load_resized`); the
 treatments are cheap vectorised functions on the resized arrays, applied AFTER resizing so a
 removed background is exactly 0 at the stored resolution (resizing first would blur object
 pixels into the zero background). Splits written per variant: ``train`` (treated), ``val``
@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from xaipipe import paths
-from xaipipe.data.images import load_resized
 from xaipipe.data.index import class_histogram, read_index
+from xaipipe.data.resize import load_resized
 from xaipipe.data.store import Split, write_split
 from xaipipe.io import atomic_path, write_json
 

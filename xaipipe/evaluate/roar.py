@@ -28,14 +28,6 @@ log = logging.getLogger(__name__)
 KINDS = ("roar", "kar")
 
 
-def retrain_settings(config: Mapping, variant: str) -> dict:
-    """The variant's training settings with ``roar.epochs`` (when set) as the epoch count."""
-    settings = train_settings(config, variant)
-    if config["roar"]["epochs"] is not None:
-        settings["epochs"] = config["roar"]["epochs"]
-    return settings
-
-
 def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: float,
              seed: int, device: torch.device) -> dict:
     """Remove, retrain, evaluate; returns the JSON-ready result of the ``roar`` stage."""
@@ -56,7 +48,7 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
     seconds["removal"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    settings = retrain_settings(config, variant)
+    settings = train_settings(config, variant, epochs=config["roar"]["epochs"])
     name = f"{kind}_{variant}_{method}_fraction{fraction:g}_seed{seed}"
     result = train_classifier(
         train_removed, settings, num_classes=train.num_classes, seed=config["seed"] + seed,

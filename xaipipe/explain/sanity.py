@@ -151,8 +151,9 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
         maps = SignedMaps(images, targets, settings, device, seed)
         rows = cascading_randomisation(model, maps, options["methods"], seed)
         if train is not None:
-            shuffled = shuffled_label_model(train, train_settings(config, variant),
-                                            num_classes=int(meta["num_classes"]), seed=seed, device=device)
+            settings_rl = train_settings(config, variant, epochs=options["data_randomisation_epochs"])
+            shuffled = shuffled_label_model(train, settings_rl, num_classes=int(meta["num_classes"]),
+                                            seed=seed, device=device)
             rows += [_row(m, "data", "random_labels", *rank_correlations(maps(model, m), maps(shuffled, m)))
                      for m in options["methods"]]
         shown = Split(images=np.asarray(val.images[:settings["saliency_figure_images"]]),
