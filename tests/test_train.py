@@ -20,14 +20,15 @@ from xaipipe.errors import ConfigError, DataError
 from xaipipe.io import read_json
 from xaipipe.models import load_model
 from xaipipe.train import (FAIL_AFTER_EPOCH_ENV, SimulatedKill, accuracy, initial_model,
-                           lr_factor, predict, train_classifier)
+                           lr_factor, predict, recalibrate_batchnorm, spread_indices,
+                           train_classifier)
 from xaipipe.train_stage import background_only, foreground_only, run_train_stage
 
 CPU = torch.device("cpu")
 SETTINGS = {
     "epochs": 3, "batch_size": 16, "optimizer": "adam", "lr": 0.001, "momentum": 0.9,
     "weight_decay": 0.0, "schedule": "cosine", "warmup_epochs": 0, "step_epochs": 30,
-    "step_gamma": 0.1, "label_smoothing": 0.0,
+    "step_gamma": 0.1, "label_smoothing": 0.0, "recalibrate_bn_images": 0,
     "augment": {"random_resized_crop_scale": [0.6, 1.0], "hflip": True},
     "pretrained": "none", "amp": True, "channels_last": True, "compile": False,
     "checkpoint_every": 1, "num_threads": 1,
@@ -105,6 +106,43 @@ def test_predict_scales_uint8_and_accuracy_hand_computed():
     floats = torch.from_numpy(images).float() / 255
     torch.testing.assert_close(predict(model, floats, CPU), logits)
     assert accuracy(model, images, np.array([0, 2, 0]), CPU) == pytest.approx(2 / 3)
+
+
+def test_recalibrated_batchnorm_holds_the_batch_statistics_of_the_split():
+    """bn1's running mean = the mean over the batches of conv1's per-channel output mean (two
+    equal batches, so also the split's mean); weights untouched; eval mode afterwards."""
+    model = initial_model(3, "none", seed=0)
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    recalibrate_batchnorm(model, images, batch_size=4)
+    with torch.no_grad():
+        conv1 = model.backbone.conv1(model.normalize(images.float() / 255))
+    torch.testing.assert_close(model.backbone.bn1.running_mean, conv1.mean((0, 2, 3)),
+                               rtol=1e-4, atol=1e-5)
+    halves = [conv1[:4].var((0, 2, 3), unbiased=True), conv1[4:].var((0, 2, 3), unbiased=True)]
+    torch.testing.assert_close(model.backbone.bn1.running_var, (halves[0] + halves[1]) / 2,
+                               rtol=1e-4, atol=1e-5)
+    assert not model.training
+    assert model.backbone.bn1.momentum == 0.1
+    for key, value in weights.items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+
+
+def test_spread_indices_cover_the_split_evenly():
+    assert spread_indices(10, 4).tolist() == [0, 2, 5, 7]
+    assert spread_indices(3, 8).tolist() == [0, 1, 2]
+
+
+def test_recalibration_changes_eval_statistics_but_not_training(data):
+    """Same seed with and without recalibration: identical weights, different BN buffers."""
+    train, _ = data
+    plain = train_classifier(train, {**SETTINGS, "epochs": 1}, num_classes=4, seed=0, device=CPU)
+    precise = train_classifier(train, {**SETTINGS, "epochs": 1, "recalibrate_bn_images": 16},
+                               num_classes=4, seed=0, device=CPU)
+    a, b = plain.model.state_dict(), precise.model.state_dict()
+    torch.testing.assert_close(a["backbone.fc.weight"], b["backbone.fc.weight"])
+    assert not torch.allclose(a["backbone.bn1.running_mean"], b["backbone.bn1.running_mean"])
 
 
 def test_foreground_and_black_background_only_images():

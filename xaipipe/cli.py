@@ -53,6 +53,7 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse
         import torch
 
         torch.set_num_threads(args.threads)
+    logging.getLogger("xaipipe").info("%s started: %s", parser.prog, " ".join(argv or sys.argv[1:]))
     try:
         config = load_config(args.config)
         main(args, config)

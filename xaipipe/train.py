@@ -232,6 +232,42 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
     return chunks
 
 
+def spread_indices(n: int, k: int) -> torch.Tensor:
+    """``min(k, n)`` indices spread evenly over ``range(n)`` (``floor(i * n / k)``)."""
+    k = min(k, n)
+    return torch.arange(k) * n // k
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int,
+                          amp_dtype: torch.dtype | None = None,
+                          memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    """Replace every BatchNorm's running mean/variance by the average of its batch statistics
+    over ``images`` (uint8, un-augmented), in batches of ``batch_size``: "precise BN"
+    (Wu & Johnson 2021, Rethinking "Batch" in BatchNorm, section 3).
+
+    After a short training (a few dozen steps, as in CPU-sized ROAR retrains) the exponential
+    moving averages still lag the weights, and so does eval-mode accuracy; recomputing them
+    from the final weights removes that noise. Weights are unchanged; the model is left in
+    eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    try:
+        for start in range(0, len(images), batch_size):
+            x = images_to_float(images[start:start + batch_size]).contiguous(memory_format=memory_format)
+            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                model(x)
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+
+
 def train_classifier(train: Split, settings: Mapping[str, Any], *, num_classes: int, seed: int,
                      device: torch.device, evals: Mapping[str, Split] | None = None,
                      checkpoint_dir: Path | None = None, desc: str = "") -> TrainResult:
@@ -327,6 +363,9 @@ def _train(train: Split, settings: Mapping[str, Any], num_classes: int, seed: in
         train_seconds = time.perf_counter() - tic
         row = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_acc": int(correct) / seen,
                "lr": lr, "seconds": train_seconds, "images_per_s": seen / train_seconds}
+        if settings["recalibrate_bn_images"] and (evals or epoch + 1 == epochs):
+            recalibrate_batchnorm(model, images[spread_indices(len(images), settings["recalibrate_bn_images"])],
+                                  settings["batch_size"], amp_dtype, memory_format)
         for name, split in evals.items():
             row[f"{name}_acc"] = accuracy(model, split.images, split.labels, device)
         history.append(row)
