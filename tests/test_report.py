@@ -112,6 +112,7 @@ def test_report_builds_and_every_image_is_png(stage_outputs):
         assert heading in html
     assert "Not available: sanity-check tables" in html
     assert "Energy in mask: black is most object-focused" in html
+    assert f"{VARIANTS[0]}: {METHODS[0]} beats random by 0.100 ± 0.010 over 2 seeds (ROAR)" in html
 
 
 def _config_files(config) -> list[str]:

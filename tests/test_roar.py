@@ -12,7 +12,8 @@ from conftest import run_workflow_script
 from xaipipe import paths
 from xaipipe.evaluate.roar import run_roar
 from xaipipe.evaluate.roar_summary import (accuracy_table, mean_gap, ranking_agreement,
-                                           road_scores, roar_scores, verdict_text)
+                                           road_scores, roar_scores, roar_verdicts,
+                                           verdict_text)
 from xaipipe.io import read_json, save_npy, write_json
 
 # --- aggregation on a hand-made table ---------------------------------------------------
@@ -57,6 +58,11 @@ def test_verdict_text_shows_seed_spread():
     assert "- gradcam beats random by 0.200 ± 0.141 over 2 seeds (ROAR)" in text
     assert "- gradcam is worse than random by 0.200 ± 0.141 over 2 seeds (KAR)" in text
     assert "random beats" not in text
+
+
+def test_report_verdicts_name_the_variant_and_skip_the_baseline():
+    lines = roar_verdicts(roar_scores(_runs()))
+    assert lines == ["standard: gradcam beats random by 0.200 ± 0.141 over 2 seeds (ROAR)"]
 
 
 def test_road_scores_and_ranking_agreement():

@@ -152,6 +152,12 @@ def verdict(row: Mapping) -> str:
     return f"{row['method']} {word} {numbers}"
 
 
+def roar_verdicts(scores: pd.DataFrame) -> list[str]:
+    """One line per (variant, kind, non-random method): "<variant>: <verdict> (ROAR)"."""
+    rows = scores[scores["method"] != BASELINE].sort_values(["variant", "kind", "method"])
+    return [f"{row['variant']}: {verdict(row)} ({row['kind'].upper()})" for _, row in rows.iterrows()]
+
+
 def verdict_text(scores: pd.DataFrame, agreement: pd.DataFrame | None) -> str:
     """Markdown: per variant, per kind, one verdict line per non-random method."""
     lines = ["# ROAR / KAR summary", "",
@@ -165,9 +171,11 @@ def verdict_text(scores: pd.DataFrame, agreement: pd.DataFrame | None) -> str:
         if agreement is not None:
             match = agreement[agreement["variant"] == variant]
             if len(match):
-                rho = match["spearman"].iloc[0]
-                lines.append(f"- ROAR vs ROAD ranking agreement: Spearman {rho:.2f} over "
-                             f"{int(match['n_methods'].iloc[0])} methods")
+                rho, n = match["spearman"].iloc[0], int(match["n_methods"].iloc[0])
+                lines.append(f"- ROAR vs ROAD ranking agreement: Spearman {rho:.2f} over {n} methods"
+                             if not np.isnan(rho) else
+                             f"- ROAR vs ROAD ranking agreement: undefined over {n} methods "
+                             "(tied scores in one of them)")
         lines.append("")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from xaipipe import paths  # noqa: E402
 from xaipipe.data.figures import write_variant_examples  # noqa: E402
 from xaipipe.data.store import read_split  # noqa: E402
+from xaipipe.evaluate.roar_summary import roar_verdicts  # noqa: E402
 from xaipipe.explain.featvis import featvis_grid  # noqa: E402
 from xaipipe.explain.figures import saliency_grid  # noqa: E402
 from xaipipe.io import write_text  # noqa: E402
@@ -142,6 +143,8 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
     roar = Section("ROAR / KAR", "Score = mean accuracy gap to the random baseline over the "
                    "removed fractions (positive = better than random), mean ± std over seeds.")
     _table_or_missing(roar, tables["roar_scores"], "ROAR/KAR scores (roar_summary stage)")
+    if not tables["roar_scores"].empty:
+        roar.bullets(roar_verdicts(tables["roar_scores"]))
     _table_or_missing(roar, tables["road_scores"], "ROAD scores (roar_summary stage, roar.road)",
                       "ROAD (Rong et al. 2022), MoRF score in ROAR's sign convention")
     summary = paths.roar_summary_dir(config)
