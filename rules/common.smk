@@ -61,6 +61,10 @@ def stage_threads(name):
     return pipeline.STAGES[name].threads
 
 
+def stage_priority(name):
+    return pipeline.STAGES[name].priority
+
+
 def stage_shell(name):
     stage = pipeline.STAGES[name]
     wildcards = {w: "{wildcards.%s}" % w for w in stage.wildcards}
@@ -100,6 +104,7 @@ def stage_rule(name):
         benchmark:
             stage_benchmark(name)
         threads: stage_threads(name)
+        priority: stage_priority(name)
         resources:
             **stage_resources(name),
         conda:

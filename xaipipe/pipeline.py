@@ -67,7 +67,9 @@ class Stage:
     ``metrics`` / ``plots`` / ``report``: output names shown as DVC metrics, DVC plots and in
     Snakemake's HTML report. ``runtime`` is in minutes. ``threads``: the job's CPU cores,
     passed to the script as ``--threads`` (torch's thread count); GPU stages other than
-    training take one, so CPU-only runs execute two of them side by side.
+    training take one, so CPU-only runs execute two of them side by side. ``priority``:
+    Snakemake's rule priority; training goes first because it unblocks everything after it
+    (otherwise a two-thread job waits until no one-thread job is left).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Stage:
     params: tuple[str, ...]
     gpu: bool = False
     threads: int = 1
+    priority: int = 0
     mem_mb: int = 4000
     runtime: int = 60
     dir_outputs: frozenset[str] = frozenset()
@@ -217,7 +220,7 @@ STAGE_LIST: tuple[Stage, ...] = (
                                       "history": paths.model_history(c, variant),
                                       "curve": paths.model_curve(c, variant)},
           inputs=lambda c, variant: _store(c, variant),
-          params=("seed", "train", "train_overrides.{variant}"), gpu=True, threads=2,
+          params=("seed", "train", "train_overrides.{variant}"), gpu=True, threads=2, priority=1,
           mem_mb=16000, runtime=720, metrics=("metrics",), plots=("history", "curve"),
           report=("curve",)),
     Stage("train_reference", "train", "torch", (),
@@ -226,7 +229,7 @@ STAGE_LIST: tuple[Stage, ...] = (
                              "history": paths.model_history(c, paths.REFERENCE_MODEL),
                              "curve": paths.model_curve(c, paths.REFERENCE_MODEL)},
           inputs=lambda c: _store(c, "standard"),
-          params=("seed", "train", "train_overrides.standard"), gpu=True, threads=2,
+          params=("seed", "train", "train_overrides.standard"), gpu=True, threads=2, priority=1,
           mem_mb=16000, runtime=720),
     Stage("attribute", "explain", "torch", ("variant", "method"),
           outputs=lambda c, variant, method: {
