@@ -68,9 +68,9 @@ def stage_priority(name):
 def stage_shell(name):
     stage = pipeline.STAGES[name]
     wildcards = {w: "{wildcards.%s}" % w for w in stage.wildcards}
-    # --threads: torch uses the cores Snakemake gave the job (DVC runs one stage at a time
-    # and leaves it at torch's default, so dvc.yaml's command has no --threads).
-    return pipeline.shell_command(stage, CONFIGFILES, **wildcards) + " --threads {threads} > {log} 2>&1"
+    # --threads: torch uses the cores Snakemake gave the job (dvc.yaml passes the rule's
+    # threads, so both runners compute with the same thread count).
+    return pipeline.shell_command(stage, CONFIGFILES, "{threads}", **wildcards) + " > {log} 2>&1"
 
 
 def pipeline_targets():
