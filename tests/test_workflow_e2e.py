@@ -1,6 +1,7 @@
 """The real stage scripts end to end on config/ci.yaml, three ways: local Snakemake (whole
-DAG), `dvc repro` (data -> train -> localisation of one variant) and Snakemake on a local
-one-node SLURM cluster (the same slice). Same config and seeds -> same training metrics."""
+DAG), `dvc repro` (whole DAG) and Snakemake on a local one-node SLURM cluster (data -> train
+-> localisation of one variant). Same config and seeds -> the same key outputs: training
+metrics, localisation, confidence gain, the ROAR/KAR table and the report tables."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 
 from e2e.workdir import REPO, VENV_BIN, copy_repo, run, snakemake
@@ -17,6 +19,13 @@ pytestmark = pytest.mark.slow
 CI = ["--configfile", "config/ci.yaml", "tests/e2e/one-variant.yaml"]
 SLICE = ["results/models/black/metrics.json", "results/evaluate/metrics/black/localisation.csv"]
 LOCAL_SLURM = REPO / "tests" / "e2e" / "local_slurm.sh"
+# Key tables every full run writes (results/...), compared between the runners; SLURM runs
+# the slice, so it is compared on the slice's tables only.
+SLICE_TABLES = ["evaluate/metrics/black/localisation.csv"]
+FULL_TABLES = SLICE_TABLES + ["evaluate/metrics/black/confidence_gain.csv",
+                              "evaluate/roar_summary/roar_table.csv",
+                              "evaluate/featvis_metrics.csv",
+                              "report/table1.csv", "report/roar_scores.csv"]
 
 
 def train_metrics(work) -> dict:
@@ -26,6 +35,16 @@ def train_metrics(work) -> dict:
     return {k: round(v, 5) if isinstance(v, float) else v
             for k, v in metrics.items()
             if not any(word in k for word in ("time", "second", "per_s", "device", "host"))}
+
+
+def assert_same_key_outputs(a, b, tables) -> None:
+    """Two runs' training metrics are equal and each of ``tables`` holds the same rows and
+    the same numbers (to 1e-5: Snakemake gives training two torch threads, DVC one)."""
+    assert train_metrics(a) == train_metrics(b)
+    for rel in tables:
+        left, right = (pd.read_csv(w / "results" / rel) for w in (a, b))
+        pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-5, atol=1e-5,
+                                      obj=rel)
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +88,19 @@ def dvc(args, work, **kw):
     return run([str(VENV_BIN / "dvc"), *args], work, **kw)
 
 
-def test_dvc_repro_slice_matches_snakemake(local_run, tmp_path):
+def test_dvc_repro_whole_dag_matches_snakemake(local_run, tmp_path):
     work = copy_repo(tmp_path / "repo")
     run(["git", "init", "-q"], work)
     generated = run([str(VENV_BIN / "python"), "-m", "xaipipe.pipeline", "dvc", "--config",
                      "config.yaml", "config/ci.yaml", "tests/e2e/one-variant.yaml"], work).stdout
     (work / "dvc.yaml").write_text(generated)
-    dvc(["repro", "localisation@black"], work, timeout=600)
-    assert train_metrics(local_run) == train_metrics(work)
-    assert "Data and pipelines are up to date" in dvc(["status", "localisation@black"], work).stdout
+    dvc(["repro"], work, timeout=900)
+    assert (work / "results" / "report" / "index.html").is_file()
+    assert_same_key_outputs(local_run, work, FULL_TABLES)
+    assert "Data and pipelines are up to date" in dvc(["status"], work).stdout
     # a second repro does nothing; a train param change reruns train and what follows only
-    assert "didn't change, skipping" in dvc(["repro", "localisation@black"], work).stdout
+    second = dvc(["repro"], work).stdout
+    assert "Running stage" not in second and "didn't change, skipping" in second
     ci = work / "config" / "ci.yaml"
     ci.write_text(ci.read_text().replace("  epochs: 1\n  batch_size: 16", "  epochs: 1\n  batch_size: 8"))
     rerun = dvc(["repro", "--dry", "localisation@black"], work).stdout
@@ -87,6 +108,7 @@ def test_dvc_repro_slice_matches_snakemake(local_run, tmp_path):
     assert "Running stage 'train@black'" in rerun
     assert "Running stage 'variant@black'" not in rerun
     assert "Running stage 'make_synthetic'" not in rerun
+    ci.write_text(ci.read_text().replace("  epochs: 1\n  batch_size: 8", "  epochs: 1\n  batch_size: 16"))
     # push / pull of data and models through a local remote
     dvc(["remote", "add", "-d", "local", str(tmp_path / "remote")], work)
     dvc(["push"], work)
@@ -94,6 +116,7 @@ def test_dvc_repro_slice_matches_snakemake(local_run, tmp_path):
     shutil.rmtree(work / ".dvc" / "cache")
     dvc(["pull", "train@black"], work)
     assert train_metrics(local_run) == train_metrics(work)
+    assert "Data and pipelines are up to date" in dvc(["status", "train@black"], work).stdout
 
 
 @pytest.fixture(scope="module")
@@ -119,4 +142,4 @@ def test_slurm_profile_runs_the_slice_on_a_local_cluster(slurm_cluster, local_ru
     out = snakemake([*SLICE, "--profile", "profiles/slurm", "--workflow-profile",
                      "tests/e2e/slurm-local", *CI], work, timeout=600)
     assert "has been submitted with SLURM jobid" in out.stdout + out.stderr
-    assert train_metrics(local_run) == train_metrics(work)
+    assert_same_key_outputs(local_run, work, SLICE_TABLES)
