@@ -159,10 +159,11 @@ def test_findings_name_the_right_variant_on_hand_made_tables():
     }
     by_label = {m.label: best_variant(m, tables) for m in METRICS}
     assert by_label == {"Energy in mask": "b", "Pointing game": None, "Background-only accuracy": "a",
-                        "ROAR score vs random": "a", "SCG": "b", "CCG": None,
+                        "ROAR score vs random": "a", "KAR score vs random": "a", "SCG": "b", "CCG": None,
                         "Undesirable background share": "b"}
     lines = findings(tables)
     assert "a 0.2 ± 0.05, b 0.1 ± 0.01" in lines[3]
+    assert lines[4].startswith("KAR score vs random: a is most object-focused") and "a 0.9 ± 0" in lines[4]
     assert lines[1] == "Pointing game: not available."
 
 

@@ -77,6 +77,8 @@ METRICS = (
            "blacked out; lower = less reliance on background", _bg_only),
     Metric("ROAR score vs random", True, "mean accuracy gap to random when removing the top "
            "pixels and retraining, mean over methods (± mean seed std)", _roar("roar")),
+    Metric("KAR score vs random", True, "mean accuracy gap to random when keeping only the "
+           "top pixels and retraining, mean over methods (± mean seed std)", _roar("kar")),
     Metric("SCG", True, "sufficient confidence gain x 100, mean over single methods, kernels "
            "and rho", _confidence_gain("SCG")),
     Metric("CCG", True, "comprehensive confidence gain x 100, mean over single methods, "
