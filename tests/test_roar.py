@@ -168,3 +168,36 @@ def test_object_map_degrades_roar_faster_than_random(make_config, fake_variant_s
     assert result["random"]["accuracy"] >= result["mask"]["accuracy"] + 0.3
     assert result["mask"]["epochs"] == 3 and set(result["mask"]["seconds_by_phase"]) == {
         "load", "removal", "train", "evaluate"}
+
+
+@pytest.mark.slow
+def test_gradient_maps_of_a_black_model_beat_random_on_the_synthetic_world(
+        make_config, restore_torch_threads):
+    """The whole chain on the demo's synthetic data (256 train images, 40 px), in-process:
+    generate, index, the black variant, train, gradient + random maps, ROAR at 70 % with two
+    retraining seeds. Black-background training makes gradient maps point at the object
+    (the demo's energy in mask: black 0.42 vs standard 0.38, chance 0.31), so removing their
+    top pixels must hurt the retrained model more than removing random ones, by the report's
+    criterion (score mean - seed std > 0). Measured over data seeds 0-3: score 0.23-0.44."""
+    from xaipipe.data.index import write_index
+    from xaipipe.data.synthetic import make_synthetic
+    from xaipipe.data.variants import materialise_variants
+    from xaipipe.explain.attribution import run_attribute_stage
+    from xaipipe.train_stage import run_train_stage
+
+    config = make_config({"device": "cpu", "variants": ["black"],
+                          "synthetic": {"val_images": 60}, "train": {"num_threads": 1}})
+    make_synthetic(config)
+    write_index(config)
+    materialise_variants(config, ["black"])
+    run_train_stage(config, "black")
+    for method in ("gradient", "random"):
+        run_attribute_stage(config, "black", method)
+    runs = pd.DataFrame([
+        {"kind": "roar", "variant": "black", "method": method, "fraction": 0.7, "seed": seed,
+         "accuracy": run_roar(config, "roar", "black", method, 0.7, seed,
+                              torch.device("cpu"))["accuracy"]}
+        for seed in (0, 1) for method in ("gradient", "random")])
+    score = roar_scores(runs).set_index("method").loc["gradient"]
+    assert score["mean"] - score["std"] > 0, runs
+    assert roar_verdicts(roar_scores(runs))[0].startswith("black: gradient beats random by")
