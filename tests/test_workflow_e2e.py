@@ -39,7 +39,7 @@ def train_metrics(work) -> dict:
 
 def assert_same_key_outputs(a, b, tables) -> None:
     """Two runs' training metrics are equal and each of ``tables`` holds the same rows and
-    the same numbers (to 1e-5: Snakemake gives training two torch threads, DVC one)."""
+    the same numbers (to 1e-5, like train_metrics' rounding)."""
     assert train_metrics(a) == train_metrics(b)
     for rel in tables:
         left, right = (pd.read_csv(w / "results" / rel) for w in (a, b))
@@ -102,13 +102,14 @@ def test_dvc_repro_whole_dag_matches_snakemake(local_run, tmp_path):
     second = dvc(["repro"], work).stdout
     assert "Running stage" not in second and "didn't change, skipping" in second
     ci = work / "config" / "ci.yaml"
-    ci.write_text(ci.read_text().replace("  epochs: 1\n  batch_size: 16", "  epochs: 1\n  batch_size: 8"))
+    original = ci.read_text()
+    ci.write_text(original.replace("  epochs: 1\n  batch_size: 16", "  epochs: 1\n  batch_size: 8"))
     rerun = dvc(["repro", "--dry", "localisation@black"], work).stdout
     # (a dry run lists the stages whose own deps changed; later ones follow if outputs change)
     assert "Running stage 'train@black'" in rerun
     assert "Running stage 'variant@black'" not in rerun
     assert "Running stage 'make_synthetic'" not in rerun
-    ci.write_text(ci.read_text().replace("  epochs: 1\n  batch_size: 8", "  epochs: 1\n  batch_size: 16"))
+    ci.write_text(original)
     # push / pull of data and models through a local remote
     dvc(["remote", "add", "-d", "local", str(tmp_path / "remote")], work)
     dvc(["push"], work)
