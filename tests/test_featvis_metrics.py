@@ -110,12 +110,12 @@ def test_stage_missing_featvis_exits_1_naming_file(make_config, fake_variant_sto
 
 
 def test_train_reference_uses_standard_store_and_seed_plus_one(make_config, fake_variant_store):
-    from xaipipe.train_stage import variant_seed
+    from xaipipe.seeds import named_seed
 
     config = make_config({"resolution": 16, "train": {"epochs": 0, "batch_size": 8}})
     fake_variant_store(config, "standard", {"train": 8, "val": 4, "val_matched": 4}, size=16)
     metrics = run_train_reference(config)
-    assert metrics["seed"] == variant_seed(config, "standard") + 1
+    assert metrics["seed"] == named_seed(config, "standard") + 1
     _, meta = load_model(paths.model_weights(config, paths.REFERENCE_MODEL))
     assert meta["variant"] == paths.REFERENCE_MODEL and meta["num_classes"] == 4
     assert read_json(paths.model_metrics(config, paths.REFERENCE_MODEL))["num_val_images"] == 4

@@ -18,7 +18,6 @@ Reads the variant's tensor store (``train``, ``val``, ``val_matched``), trains w
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any, Mapping
 
@@ -35,17 +34,10 @@ from xaipipe.errors import ConfigError, DataError
 from xaipipe.evaluate.road import linear_imputation
 from xaipipe.io import atomic_path, write_json
 from xaipipe.models import save_model
+from xaipipe.seeds import named_seed
 from xaipipe.train import TrainResult, accuracy, train_classifier
 
 log = logging.getLogger(__name__)
-
-
-def variant_seed(config: Mapping[str, Any], name: str) -> int:
-    """The training seed of model ``name``: derived from ``config['seed']`` and the name
-    (stable across Python runs, unlike ``hash``), so variants get distinct initialisations
-    and shuffles while the whole grid follows one master seed."""
-    digest = hashlib.blake2b(f"{config['seed']}/{name}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little")
 
 
 def foreground_only(split: Split) -> np.ndarray:
@@ -186,4 +178,4 @@ def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, see
 
 def run_train_stage(config: Mapping[str, Any], variant: str) -> dict:
     """The train stage of ``variant``: :func:`train_model` on its own store and seed."""
-    return train_model(config, variant, store_variant=variant, seed=variant_seed(config, variant))
+    return train_model(config, variant, store_variant=variant, seed=named_seed(config, variant))

@@ -25,7 +25,6 @@ for ``mixed`` the same seeded-fraction rule applied to the val ids).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Mapping, Sequence
@@ -38,18 +37,13 @@ from xaipipe.data.index import class_histogram, read_index
 from xaipipe.data.resize import load_resized
 from xaipipe.data.store import Split, write_split
 from xaipipe.io import atomic_path, write_json
+from xaipipe.seeds import id_seed
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("standard", "black", "noise", "mixed")
 _NOISE_STREAM = 1
 _MIXED_STREAM = 2
-
-
-def _id_seed(seed: int, stream: int, image_id: str) -> list[int]:
-    """Seed words for one image's generator: (config seed, purpose, 4 words of sha256(id))."""
-    digest = hashlib.sha256(image_id.encode()).digest()
-    return [seed, stream, *np.frombuffer(digest[:16], dtype="<u4").tolist()]
 
 
 def remove_background(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -60,7 +54,7 @@ def remove_background(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def background_noise(image_id: str, shape: tuple[int, ...], seed: int, mean: float,
                      std: float) -> np.ndarray:
     """The uint8 noise image of one id: ``clip(N(mean, std), 0, 1) x 255`` rounded."""
-    rng = np.random.default_rng(_id_seed(seed, _NOISE_STREAM, image_id))
+    rng = np.random.default_rng(id_seed(seed, _NOISE_STREAM, image_id))
     noise = mean + std * rng.standard_normal(shape, dtype=np.float32)
     return np.rint(np.clip(noise, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -80,7 +74,7 @@ def mixed_selection(ids: Sequence[str], seed: int, fraction: float) -> np.ndarra
     (ties by id), so the choice depends on the id set and seed, not on the row order.
     """
     count = int(np.floor(fraction * len(ids) + 0.5))
-    keys = np.array([np.random.default_rng(_id_seed(seed, _MIXED_STREAM, i)).random() for i in ids])
+    keys = np.array([np.random.default_rng(id_seed(seed, _MIXED_STREAM, i)).random() for i in ids])
     chosen = np.lexsort((np.asarray(ids, dtype=object).astype(str), keys))[:count]
     selected = np.zeros(len(ids), dtype=bool)
     selected[chosen] = True

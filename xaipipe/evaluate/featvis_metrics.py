@@ -40,7 +40,8 @@ from xaipipe.explain.featvis import FEATVIS_ARRAY
 from xaipipe.io import atomic_path
 from xaipipe.models import images_to_float, load_model
 from xaipipe.train import predict
-from xaipipe.train_stage import train_model, variant_seed
+from xaipipe.seeds import named_seed
+from xaipipe.train_stage import train_model
 
 log = logging.getLogger(__name__)
 
@@ -151,4 +152,4 @@ def run_train_reference(config: Mapping) -> dict:
     ``model.pt``, ``metrics.json``, ``history.csv`` and ``learning_curve.png`` under
     ``paths.model_dir(config, REFERENCE_MODEL)``."""
     return train_model(config, paths.REFERENCE_MODEL, store_variant="standard",
-                       seed=variant_seed(config, "standard") + 1)
+                       seed=named_seed(config, "standard") + 1)

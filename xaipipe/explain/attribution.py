@@ -49,7 +49,7 @@ from xaipipe.errors import ConfigError, DataError
 from xaipipe.explain.cmwp import cmwp_maps
 from xaipipe.io import save_npy
 from xaipipe.models import images_to_float, load_model
-from xaipipe.train_stage import variant_seed
+from xaipipe.seeds import named_seed
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def run_attribute_stage(config: Mapping[str, Any], variant: str, method: str) ->
         directory = paths.variant_split_dir(config, variant, name)
         splits[name] = read_split(directory)
         check_split_fits_model(splits[name], meta, f"{directory} vs {weights}")
-    seed = variant_seed(config, f"attribute/{variant}/{method}")
+    seed = named_seed(config, f"attribute/{variant}/{method}")
     with claim_device(config["device"]) as device:
         for name, split in splits.items():
             maps = attribute_split(model, split, method, settings, device=device, seed=seed,

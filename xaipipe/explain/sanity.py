@@ -37,8 +37,8 @@ from xaipipe.explain.attribution import attribute_split, check_split_fits_model,
 from xaipipe.explain.figures import cascade_plot, saliency_grid
 from xaipipe.io import atomic_path
 from xaipipe.models import build_model, images_to_float, load_model
+from xaipipe.seeds import named_seed
 from xaipipe.train import train_classifier
-from xaipipe.train_stage import variant_seed
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
     train = None
     if options["data_randomisation"]:
         train = read_split(paths.variant_split_dir(config, variant, "train"))
-    seed = variant_seed(config, f"sanity/{variant}")
+    seed = named_seed(config, f"sanity/{variant}")
     chosen = np.sort(np.random.default_rng(seed).permutation(len(val))[:options["num_images"]])
     images = np.asarray(val.images[chosen])
     with claim_device(config["device"]) as device:
