@@ -11,7 +11,10 @@ from xaipipe import paths
 from xaipipe.config import validate_config
 from xaipipe.explain.attribution import (METHODS, attribute, attribute_split, hookable_copy,
                                          occlusion_window)
+from xaipipe.explain.oracle import ORACLE_METHODS, TIE_NOISE
 from xaipipe.models import build_model, save_model
+
+MODEL_METHODS = [m for m in METHODS if m not in ORACLE_METHODS]
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -36,7 +39,7 @@ def images():
 TARGETS = torch.tensor([1, 3])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", MODEL_METHODS)
 def test_every_method_gives_finite_float32_maps(model, images, settings, method):
     maps = attribute(model, images, TARGETS, method, settings, seed=0)
     assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
@@ -132,12 +135,54 @@ def test_occlusion_window_scales_with_resolution():
     assert occlusion_window(16, 10) == (1, 1)
 
 
-def test_attribute_split_float16_batched_and_targets(model, settings):
+def test_oracle_maps_rank_every_object_pixel_first_without_ties(settings):
+    from conftest import fake_split
+    split = fake_split(n=4, size=16)
+    obj = attribute_split(None, split, "oracle_object", settings, device="cpu", seed=3)
+    bg = attribute_split(None, split, "oracle_background", settings, device="cpu", seed=3)
+    for maps, on in ((obj, split.masks > 0), (bg, split.masks == 0)):
+        assert maps.dtype == np.float32 and maps.shape == (4, 16, 16)
+        for image, inside in zip(maps, on):
+            assert image[inside].min() > image[~inside].max()  # target region first
+            assert len(np.unique(image)) > 0.95 * image.size  # seeded tie noise: few ties
+        assert maps.max() <= 1 + TIE_NOISE and maps.min() >= 0
+    again = attribute_split(None, split, "oracle_object", settings, device="cpu", seed=3)
+    assert np.array_equal(obj, again)
+    with pytest.raises(Exception, match="segmentation masks"):
+        attribute(None, torch.zeros(1, 3, 4, 4), TARGETS[:1], "oracle_object", settings)
+
+
+@pytest.mark.parametrize("method", MODEL_METHODS)
+def test_stored_maps_rank_pixels_exactly_as_float32(make_config, fake_variant_store, method):
+    """The attribute stage stores float32, so every method's stored ranking is the ranking of
+    the float32 maps it computed. (float16 storage pushed SmoothGrad² and VarGrad into
+    subnormals and merged distinct values, changing their rankings.)"""
+    config = make_config({"explain": {"splits": ["val"], "batch_size": 4, "ig_steps": 4,
+                                      "noise_tunnel_samples": 3}})
+    val = fake_variant_store(config, "black", {"val": 3})["val"]
+    torch.manual_seed(0)
+    net = build_model(4)
+    save_model(paths.model_weights(config, "black"), net, {"num_classes": 4})
+    argv = ["--config", *_config_files(config), "--variant", "black", "--method", method]
+    assert run_workflow_script("attribute", argv) == 0
+    stored = np.load(paths.attribution_map(config, "black", method, "val"))
+    from xaipipe.seeds import named_seed
+    direct = attribute_split(net.eval(), val, method, config["explain"], device="cpu",
+                             seed=named_seed(config, f"attribute/black/{method}"))
+    assert stored.dtype == np.float32
+    for s, d in zip(stored.reshape(3, -1), direct.reshape(3, -1)):
+        assert np.array_equal(np.argsort(-s, kind="stable"), np.argsort(-d, kind="stable"))
+    if method in ("smoothgrad_sq", "vargrad"):  # what float16 did to them
+        half = direct.astype(np.float16)
+        assert any(len(np.unique(h)) < len(np.unique(d)) for h, d in zip(half, direct))
+
+
+def test_attribute_split_float32_batched_and_targets(model, settings):
     from conftest import fake_split
     split = fake_split(n=3, size=32, num_classes=4)
     batched = attribute_split(model, split, "gradient", {**settings, "batch_size": 2},
                               device=torch.device("cpu"), seed=0)
-    assert batched.shape == (3, 32, 32) and batched.dtype == np.float16
+    assert batched.shape == (3, 32, 32) and batched.dtype == np.float32
     images = torch.from_numpy(split.images).float() / 255
     with torch.no_grad():
         predicted = model(images).argmax(dim=1)
@@ -157,7 +202,7 @@ def test_attribute_stage_writes_maps(make_config, fake_variant_store):
     argv = ["--config", *_config_files(config), "--variant", "black", "--method", "gradcam"]
     assert run_workflow_script("attribute", argv) == 0
     maps = np.load(paths.attribution_map(config, "black", "gradcam", "val"))
-    assert maps.shape == (6, 32, 32) and maps.dtype == np.float16
+    assert maps.shape == (6, 32, 32) and maps.dtype == np.float32
     assert not paths.attribution_map(config, "black", "gradcam", "train").exists()
 
 

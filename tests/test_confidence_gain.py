@@ -16,9 +16,14 @@ from conftest import run_workflow_script
 from xaipipe import paths
 from xaipipe.evaluate.confidence_gain import (
     DENOMINATOR, EMPTY_MASK, GROWTH_LIMIT, NEGATIVE_GAIN, OK, base_images, build_masks,
-    confidence_gain, dilate, gaussian_kernel_size, mask_sets, opencv_sigma, select_images,
-    top_fraction_mask)
+    confidence_gain, dilate, dilate_heatmap, dilation_name, gaussian_kernel_size, mask_name,
+    mask_sets, opencv_sigma, select_images, top_fraction_mask)
+from xaipipe.evaluate.removal import tie_orders
 from xaipipe.models import build_model, save_model
+
+
+def ties(n, pixels, seed=0):
+    return tie_orders([f"img{i}" for i in range(n)], pixels, seed)
 
 SIZE = 15
 PIXELS = SIZE * SIZE
@@ -113,6 +118,24 @@ def test_exclusions_follow_the_paper():
     assert both.ccg_status.tolist() == [NEGATIVE_GAIN]
 
 
+def test_min_denominator_excludes_images_the_full_image_barely_explains():
+    """p(I) - p(I_K) = 0.02 here: the paper's rule (0) keeps the image, where SCG is a ratio of
+    noise; confidence_gain.min_denominator 0.05 (the default) excludes it from both metrics."""
+    model = uniform_model(242.5)  # logit of the white image -3.89: p(I) = 0.02, p(base) ~ 0
+    images = torch.ones(1, 3, SIZE, SIZE)
+    p_image = torch.softmax(model(images), 1)[0, 0].item()
+    assert p_image == pytest.approx(0.02, abs=1e-3)
+    paper = run(model, single_pixel_mask(7, 7), [0])
+    assert paper.scg_status.tolist() == [OK]
+    floored = confidence_gain(model, images, torch.zeros_like(images), torch.tensor([0]),
+                              single_pixel_mask(7, 7), max_growth=50, batch_size=8,
+                              min_denominator=0.05)
+    assert floored.scg_status.tolist() == [DENOMINATOR] == floored.ccg_status.tolist()
+    from conftest import REPO
+    from xaipipe.config import load_config
+    assert load_config(REPO / "config.yaml")["confidence_gain"]["min_denominator"] == 0.05
+
+
 def test_full_mask_that_stays_wrong_stops_early_as_growth_limit():
     # threshold above the whole white image: p(I) = sigmoid(-K/225) < 0.5 (misclassified)
     # but above p(I_K), so the denominator is valid and the mask grows to the whole image
@@ -130,17 +153,60 @@ def test_agreement_mask_is_the_intersection():
     maps = {"a": torch.arange(16.0).view(1, 4, 4), "b": torch.arange(16.0).flip(0).view(1, 4, 4)}
     maps["b"][0, 3, 3] = 100.0
     sets = mask_sets(["a", "b"], agreement=True)
-    assert sets == [("a",), ("b",), ("a", "b")]
-    masks = build_masks(maps, sets, rho=0.25)
+    assert sets == [(("a", 0),), (("b", 0),), (("a", 0), ("b", 0))]
+    masks = build_masks(maps, sets, rho=0.25, ties=ties(1, 16))
     assert masks.shape == (3, 1, 4, 4)
     assert torch.equal(masks[2], masks[0] & masks[1])
     assert masks[0].sum() == 4 and masks[2].sum() == 1 and masks[2][0, 3, 3]
-    assert mask_sets(["a", "b", "c"], agreement=False) == [("a",), ("b",), ("c",)]
+    assert mask_sets(["a", "b", "c"], agreement=False) == [(("a", 0),), (("b", 0),), (("c", 0),)]
+
+
+def test_heatmap_dilation_is_a_repeated_3x3_maximum_filter():
+    """§5.2: grad's raw heat map dilated 0, 2 and 5 times with a 3x3 kernel."""
+    heat = torch.zeros(1, 9, 9)
+    heat[0, 4, 4], heat[0, 0, 8] = 2.0, 1.0
+    assert torch.equal(dilate_heatmap(heat, 0), heat)
+    twice = dilate_heatmap(heat, 2)
+    assert torch.equal(twice[0, 2:7, 2:7], torch.full((5, 5), 2.0))  # 5 x 5 plateau of the peak
+    assert twice[0, 1, 4] == 0.0 and twice[0, 0, 6] == 1.0 and twice[0, 2, 6] == 2.0
+    assert twice[0, 0, 5] == 0.0  # the corner value spreads 2 pixels, inside the image only
+    assert torch.equal(dilate_heatmap(heat, 5), dilate_heatmap(dilate_heatmap(heat, 2), 3))
+
+
+def test_mask_sets_follow_the_papers_dilation_settings():
+    sets = mask_sets(["gradient", "cmwp"], True, {"gradient": [0, 2, 5]}, {"gradient": 5})
+    assert sets == [(("gradient", 0),), (("gradient", 2),), (("gradient", 5),), (("cmwp", 0),),
+                    (("gradient", 5), ("cmwp", 0))]
+    assert [mask_name(s) for s in sets] == ["gradient"] * 3 + ["cmwp", "gradient+cmwp"]
+    assert [dilation_name(s) for s in sets] == ["0", "2", "5", "0", "5+0"]
+    from xaipipe.config import load_config
+    from conftest import REPO
+    paper = load_config(REPO / "config.yaml")["confidence_gain"]
+    assert paper["heatmap_dilations"] == {"gradient": [0, 2, 5]}
+    assert paper["agreement_dilations"] == {"gradient": 5}
+
+
+def test_dilated_heatmap_gives_a_more_connected_mask():
+    """A high-entropy map (noise): its top 25 % scatters; dilated 2x it forms blobs whose
+    pixels have more chosen neighbours (what the paper means by continuity)."""
+    heat = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(1))
+    tie = ties(1, 32 * 32)
+
+    def neighbours(mask):
+        """Mean number of chosen 8-neighbours of a chosen pixel."""
+        m = mask.float()[:, None]
+        count = torch.nn.functional.conv2d(m, torch.ones(1, 1, 3, 3), padding=1)[:, 0] - m[:, 0]
+        return (count * mask).sum() / mask.sum()
+
+    raw = top_fraction_mask(heat, 0.25, tie)
+    dilated = top_fraction_mask(dilate_heatmap(heat, 2), 0.25, tie)
+    assert raw.sum() == dilated.sum() == 256
+    assert neighbours(dilated) > 2 * neighbours(raw)
 
 
 def test_top_fraction_mask_counts_round_rho_times_pixels():
     maps = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(0))
-    mask = top_fraction_mask(maps, 0.05)
+    mask = top_fraction_mask(maps, 0.05, ties(3, 100))
     assert mask.flatten(1).sum(1).tolist() == [5, 5, 5]
     assert (maps[mask].min() >= maps[~mask].view(3, -1).max(1).values.min())
 
@@ -166,7 +232,7 @@ def test_batched_result_equals_one_image_at_a_time():
     base = base_images(images, "gaussian", 3, 0.8)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     masks = build_masks({"a": torch.rand(6, 12, 12), "b": torch.rand(6, 12, 12)},
-                        mask_sets(["a", "b"], True), rho=0.1)
+                        mask_sets(["a", "b"], True), rho=0.1, ties=ties(6, 144))
     batched = confidence_gain(model, images, base, labels, masks, max_growth=6, batch_size=64)
     for i in range(6):
         one = confidence_gain(model, images[i:i + 1], base[i:i + 1], labels[i:i + 1],
@@ -204,8 +270,11 @@ def test_stage_writes_tidy_table(make_config, fake_variant_store, tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, rng.random((len(val), 32, 32)).astype(np.float16))
     assert run_workflow_script("confidence_gain", ["--config", config_file, "--variant", "black"]) == 0
-    table = pd.read_csv(paths.confidence_gain_table(config, "black"))
-    assert sorted(table["mask"]) == sorted(["gradient", "random", "gradient+random"] * 2)
+    table = pd.read_csv(paths.confidence_gain_table(config, "black"), dtype={"dilation": str})
+    # gradient at the paper's three heat-map dilations, the pair at gradient's agreement one
+    rows = sorted(zip(table["mask"], table["dilation"]))
+    assert rows == sorted([("gradient", "0"), ("gradient", "2"), ("gradient", "5"),
+                           ("random", "0"), ("gradient+random", "5+0")] * 2)
     assert set(table.kernel) == {"gaussian", "zero"} and set(table.rho) == {0.25}
     assert (table.n_images == 6).all()
     excluded = table[[c for c in table if c.startswith("scg_excluded")]].sum(axis=1)

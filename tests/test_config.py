@@ -17,6 +17,18 @@ def test_paper_config_is_valid_and_faithful():
     assert config["variants"] == ["standard", "black", "noise", "mixed"]
 
 
+def test_paper_config_follows_the_evaluation_protocols():
+    config = load_config(REPO / "config.yaml")
+    # survey §4.4: gradient, IG and guided backprop vs SmoothGrad² and VarGrad, against random
+    assert {"gradient", "integrated_gradients", "guided_backprop", "smoothgrad", "smoothgrad_sq",
+            "vargrad", "random"} <= set(config["roar"]["methods"])
+    assert config["roar"]["eval_split"] == "val_matched"  # §4.4 step 3: same distribution
+    assert {"train", "val", "val_matched"} <= set(config["explain"]["splits"])
+    assert config["undesirable"]["target_class"] == "predicted"  # Kang Eq. 8: h
+    assert config["confidence_gain"]["heatmap_dilations"] == {"gradient": [0, 2, 5]}  # §5.2
+    assert config["metric_validation"]["variants"] == ["black"]
+
+
 def test_demo_overlay_merges_like_snakemake():
     config = load_config([REPO / "config.yaml", REPO / "config" / "demo.yaml"])
     assert config["dataset"]["name"] == "synthetic"

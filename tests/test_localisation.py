@@ -15,7 +15,12 @@ from conftest import run_workflow_script
 from xaipipe import paths
 from xaipipe.evaluate.localisation import (
     CHANCE, MODEL, energy_in_mask, localisation_rows, pointing_game, reliance_rows)
+from xaipipe.evaluate.removal import tie_orders
 from xaipipe.models import build_model, save_model
+
+
+def ties(n=1, pixels=36, seed=0):
+    return tie_orders([f"img{i}" for i in range(n)], pixels, seed)
 
 
 def square_mask(size=6, lo=1, hi=4) -> torch.Tensor:
@@ -48,14 +53,25 @@ def test_pointing_game_hand_made_maps_and_ties():
     inside, outside = torch.zeros(1, 6, 6), torch.zeros(1, 6, 6)
     inside[0, 3, 3] = 1.0
     outside[0, 5, 0] = 1.0
-    assert pointing_game(torch.cat([inside, outside]), torch.cat([mask, mask])).tolist() == [1.0, 0.0]
+    assert pointing_game(torch.cat([inside, outside]), torch.cat([mask, mask]),
+                         ties(2)).tolist() == [1.0, 0.0]
     tie = torch.zeros(1, 6, 6)
-    tie[0, 0, 5] = tie[0, 2, 2] = 1.0  # first maximum in row-major order is (0, 5): outside
-    assert pointing_game(tie, mask).tolist() == [0.0]
-    tie[0, 1, 1] = 1.0                 # now (0, 5) is still first
-    assert pointing_game(tie, mask).tolist() == [0.0]
-    tie[0, 0, 5] = 0.0                 # first maximum (1, 1): inside
-    assert pointing_game(tie, mask).tolist() == [1.0]
+    tie[0, 0, 5] = tie[0, 2, 2] = 1.0  # (0, 5) = flat 5 outside, (2, 2) = flat 14 inside
+    first_5 = torch.tensor([[5, 14, *[i for i in range(36) if i not in (5, 14)]]])
+    first_14 = torch.tensor([[14, 5, *[i for i in range(36) if i not in (5, 14)]]])
+    assert pointing_game(tie, mask, first_5).tolist() == [0.0]
+    assert pointing_game(tie, mask, first_14).tolist() == [1.0]
+
+
+def test_pointing_game_of_a_flat_map_hits_at_the_chance_rate():
+    """An all-zero map (ReLU-cut Grad-CAM) ties everywhere: the seeded random tie-break hits
+    the object with probability = its area share (9/36 here), not 0 as "first pixel" did."""
+    n = 2000
+    masks = square_mask().repeat(n, 1, 1)
+    hits = pointing_game(torch.zeros(n, 6, 6), masks, ties(n)).mean().item()
+    assert abs(hits - 0.25) < 3 * np.sqrt(0.25 * 0.75 / n)
+    assert torch.equal(pointing_game(torch.zeros(n, 6, 6), masks, ties(n)),
+                       pointing_game(torch.zeros(n, 6, 6), masks, ties(n)))  # seeded
 
 
 def test_rows_report_chance_as_mean_foreground_fraction():
@@ -63,7 +79,8 @@ def test_rows_report_chance_as_mean_foreground_fraction():
     masks[0, :2] = 1     # 0.5
     masks[1, 0, 0] = 1   # 1/16
     maps = {"perfect": masks.astype(np.float16), "zero": np.zeros((2, 4, 4), np.float16)}
-    table = pd.DataFrame(localisation_rows("black", maps, masks, "clip")).set_index(["subject", "metric"])
+    table = pd.DataFrame(localisation_rows("black", maps, masks, "clip", ties(2, 16))).set_index(
+        ["subject", "metric"])
     assert table.loc[("perfect", "energy_in_mask"), "mean"] == pytest.approx(1.0)
     assert table.loc[("perfect", "pointing_game"), "mean"] == pytest.approx(1.0)
     assert table.loc[("zero", "energy_in_mask"), "n"] == 0

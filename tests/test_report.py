@@ -18,6 +18,7 @@ from xaipipe import paths
 from xaipipe.config import deep_merge, load_config, validate_config
 from xaipipe.data.store import write_split
 from xaipipe.evaluate.localisation import localisation_rows
+from xaipipe.evaluate.removal import tie_orders
 from xaipipe.evaluate.roar_summary import plot_curves
 from xaipipe.io import save_npy, write_json
 from xaipipe.report.aggregate import (NOT_AVAILABLE, PAPER_ROW, aggregate_tables,
@@ -48,7 +49,7 @@ def pristine_outputs(tmp_path_factory):
         write_json(paths.model_metrics(config, variant), {
             "train_accuracy": 0.9 + 0.05 * k, "val_accuracy": 0.8, "val_matched_accuracy": 0.7,
             "loss": 0.1, "fg_only_val_accuracy": 0.6, "bg_only_val_accuracy": 0.5 - 0.25 * k,
-            "chance_accuracy": 0.25, "epochs": 2, "seed": 0})
+            "bg_only_fill": "impute", "chance_accuracy": 0.25, "epochs": 2, "seed": 0})
         plot_learning_curve([{"epoch": 1, "loss": 1.0, "val_acc": 0.5}], 0.25,
                             paths.model_curve(config, variant), variant)
         maps = {}
@@ -56,22 +57,26 @@ def pristine_outputs(tmp_path_factory):
             maps[method] = rng.random((4, SIZE, SIZE)).astype(np.float16)
             maps[method][:, 4:8, 4:8] += 2 * k * (method != "random")
             save_npy(paths.attribution_map(config, variant, method, "val"), maps[method])
-        frame = pd.DataFrame(localisation_rows(variant, maps, val.masks, "clip"))
+        frame = pd.DataFrame(localisation_rows(variant, maps, val.masks, "clip",
+                                               tie_orders(val.ids, SIZE * SIZE, 0)))
         paths.localisation_table(config, variant).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(paths.localisation_table(config, variant), index=False)
         save_npy(paths.featvis_dir(config, variant) / "featvis.npy",
                  rng.random((4, 3, SIZE, SIZE)).astype(np.float16))
-        cg = pd.DataFrame([{"variant": variant, "mask": mask, "kind": "single" if "+" not in mask else "agreement",
+        cg = pd.DataFrame([{"variant": variant, "mask": mask, "dilation": dilation,
+                            "kind": "single" if "+" not in mask else "agreement",
                             "rho": rho, "kernel": kernel, "scg_mean": 0.1 + 0.1 * k, "ccg_mean": 0.2 + 0.1 * k}
-                           for mask in (*METHODS, "+".join(METHODS)) for kernel in ("gaussian", "zero")
-                           for rho in (0.05, 0.25)])
+                           for mask, dilation in (("gradient", "0"), ("gradient", "5"), ("random", "0"),
+                                                  ("gradient+random", "5+0"))
+                           for kernel in ("gaussian", "zero") for rho in (0.05, 0.25)])
         cg.to_csv(paths.confidence_gain_table(config, variant), index=False)
         write_json(paths.undesirable_dir(config, variant) / "results.json", {
-            "variant": variant, "num_images": 4, "methods": {
+            "variant": variant, "num_images": 4, "settings": dict(config["undesirable"]),
+            "methods": {
                 m: {"phi": 40.0 + k, "undesirable_ratio": 0.03, "background_share": 0.8 - 0.3 * k}
                 for m in ("ftc", "fntc")}})
+    write_validation_outputs(config)
     roar_dir = paths.roar_summary_dir(config)
-    roar_dir.mkdir(parents=True)
     pd.DataFrame([{"kind": kind, "variant": v, "method": m, "mean": (0.1 + 0.1 * k) * (m != "random"),
                    "std": 0.01, "n": 2} for kind in ("roar", "kar") for k, v in enumerate(VARIANTS)
                   for m in METHODS]).to_csv(roar_dir / "roar_scores.csv", index=False)
@@ -81,6 +86,29 @@ def pristine_outputs(tmp_path_factory):
     pd.DataFrame([{"variant": v, "judge": "own", "metric": "recognisability", "mean": 0.5, "std": 0.1, "n": 4}
                   for v in VARIANTS]).to_csv(paths.featvis_metrics_table(config), index=False)
     return config
+
+
+VALIDATION = {"oracle_object": 0.9, "random": 0.5, "oracle_background": 0.1}
+"""Per-image metric values of the fake metric validation (higher = better)."""
+
+
+def write_validation_outputs(config, values=VALIDATION) -> None:
+    """Fake ``metric_validation`` stage table and oracle ROAR/KAR runs + ROAD scores of
+    ``black``, ordered as a working metric orders them."""
+    pd.DataFrame([{"variant": "black", "metric": metric, "method": m, "mean": v, "std": 0.1,
+                   "n": 4, "excluded": 0}
+                  for metric in ("energy_in_mask", "pointing_game", "SCG G_k rho=25%")
+                  for m, v in values.items()]).to_csv(
+        paths.metric_validation_table(config, "black"), index=False)
+    roar_dir = paths.roar_summary_dir(config)
+    roar_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"kind": kind, "variant": "black", "method": m, "fraction": f, "seed": s,
+                   "accuracy": (v if kind == "kar" else 1 - v) + 0.01 * s}
+                  for kind in ("roar", "kar") for m, v in values.items()
+                  for f in (0.3, 0.7) for s in (0, 1)]).to_csv(roar_dir / "roar_runs.csv", index=False)
+    pd.DataFrame([{"variant": "black", "method": m, "score": 0.0, "mean_accuracy_morf": 1 - v,
+                   "mean_accuracy_lerf": v} for m, v in values.items()]).to_csv(
+        roar_dir / "road_scores.csv", index=False)
 
 
 @pytest.fixture
@@ -107,9 +135,13 @@ def test_report_builds_and_every_image_is_png(stage_outputs):
     assert "src='" not in re.sub(r"src='data:image/png;base64,[^']+'", "", html)
     assert (paths.report_figures_dir(config) / "featvis_grid.png").is_file()
     assert (paths.report_figures_dir(config) / "saliency_grid.png").is_file()
-    for heading in ("Table I reproduction", "SCG / CCG", "Undesirable pixels (phi)", "ROAR / KAR",
-                    "Localisation", "Findings"):
+    for heading in ("Metric validation", "Table I reproduction", "SCG / CCG",
+                    "Undesirable pixels (phi)", "ROAR / KAR", "Localisation", "Findings"):
         assert heading in html
+    assert html.index("Metric validation</h2>") < html.index("Findings</h2>")
+    assert "All 7 metric rows order the oracles as expected." in html
+    validation = pd.read_csv(paths.report_table(config, "metric_validation"))
+    assert validation["ordering_ok"].all() and len(validation) == 7
     assert "Not available: sanity-check tables" in html
     assert "Energy in mask: black is most object-focused" in html
     assert f"{VARIANTS[0]}: {METHODS[0]} beats random by 0.100 ± 0.010 over 2 seeds (ROAR)" in html
@@ -130,13 +162,47 @@ def test_table1_has_paper_numbers_and_percent(stage_outputs):
     assert table.loc["black", ["paper_train_acc", "paper_val_acc", "paper_loss"]].tolist() == [99.62, 83.55, 0.002]
 
 
+def test_metric_validation_warns_when_a_metric_fails_the_ordering(stage_outputs):
+    config = stage_outputs
+    write_validation_outputs(config, {"oracle_object": 0.5, "random": 0.9, "oracle_background": 0.1})
+    tables = run_aggregate(config)
+    assert not tables["metric_validation"]["ordering_ok"].any()
+    run_report(config)
+    html = paths.report_html(config).read_text()
+    assert "WARNING: 7 of 7 metric rows fail the ordering: ROAR (black)" in html
+
+
+def test_phi_paper_row_only_when_our_definition_matches(stage_outputs):
+    config = stage_outputs
+    phi = aggregate_tables(config)["phi"].set_index("variant")
+    # the demo config: phi of h (predicted) but R_M divided by the mask size
+    assert np.isnan(phi.loc[PAPER_ROW, "phi_ftc"])
+    assert phi.loc[PAPER_ROW, "note"] == ("not comparable: ours uses reg_reduction mean "
+                                          "(Eq. 3 sums R_M over the mask)")
+    for variant in VARIANTS:
+        path = paths.undesirable_dir(config, variant) / "results.json"
+        results = json.loads(path.read_text())
+        results["settings"].update(target_class="label", reg_reduction="sum")
+        path.write_text(json.dumps(results))
+    phi = aggregate_tables(config)["phi"].set_index("variant")
+    assert "target_class label (Eq. 8 uses h, the top predicted class)" in phi.loc[PAPER_ROW, "note"]
+    for variant in VARIANTS:
+        path = paths.undesirable_dir(config, variant) / "results.json"
+        results = json.loads(path.read_text())
+        results["settings"].update(target_class="predicted")
+        path.write_text(json.dumps(results))
+    phi = aggregate_tables(config)["phi"].set_index("variant")
+    assert phi.loc[PAPER_ROW, "phi_ftc"] == pytest.approx(44.898)
+    assert phi.loc[PAPER_ROW, "note"].startswith("same definition")
+
+
 def test_confidence_gain_layout_hand_computed():
-    long = pd.DataFrame([{"variant": "v", "mask": "g", "kind": "single", "rho": rho, "kernel": kernel,
-                          "scg_mean": scg, "ccg_mean": scg / 2}
+    long = pd.DataFrame([{"variant": "v", "mask": "g", "dilation": "0", "kind": "single",
+                          "rho": rho, "kernel": kernel, "scg_mean": scg, "ccg_mean": scg / 2}
                          for (kernel, rho, scg) in (("zero", 0.05, 0.4), ("gaussian", 0.05, 0.2),
                                                     ("gaussian", 0.25, 0.1), ("zero", 0.25, 0.3))])
     wide = confidence_gain_wide(long)
-    assert list(wide.columns[3:]) == [
+    assert list(wide.columns[4:]) == [
         "G_k rho=25% CCG", "G_k rho=25% SCG", "G_k rho=5% CCG", "G_k rho=5% SCG",
         "Z_k rho=25% CCG", "Z_k rho=25% SCG", "Z_k rho=5% CCG", "Z_k rho=5% SCG"]
     assert wide.loc[0, "Z_k rho=5% SCG"] == pytest.approx(40.0)
@@ -151,17 +217,32 @@ def test_findings_name_the_right_variant_on_hand_made_tables():
         "table1": pd.DataFrame({"variant": ["a", "b"], "bg_only_acc": [30.0, 40.0]}),
         "roar_scores": pd.DataFrame({"kind": ["roar", "roar", "kar"], "variant": ["a", "b", "a"],
                                      "method": ["gradient"] * 3, "mean": [0.2, 0.1, 0.9], "std": [0.05, 0.01, 0]}),
-        "confidence_gain": pd.DataFrame({"variant": ["a", "b", "b"], "mask": ["gradient"] * 2 + ["gradient+x"],
-                                         "kind": ["single", "single", "agreement"],
-                                         "G_k rho=5% SCG": [1.0, 2.0, 99.0]}),
+        # b's raw (dilation 0) gradient is better on G_k, a's on Z_k; b's dilated row and
+        # the agreement row must not count
+        "confidence_gain": pd.DataFrame({"variant": ["a", "b", "b", "b", "a"],
+                                         "mask": ["gradient"] * 3 + ["gradient+x", "oracle_object"],
+                                         "dilation": ["0", "0", "5", "5+0", "0"],
+                                         "kind": ["single", "single", "single", "agreement", "single"],
+                                         "G_k rho=5% SCG": [1.0, 2.0, -50.0, 99.0, 500.0],
+                                         "Z_k rho=5% SCG": [3.0, 2.0, 90.0, 99.0, 500.0]}),
         "phi": pd.DataFrame({"variant": ["a", "b", PAPER_ROW], "background_share_ftc": [0.5, 0.4, np.nan],
                              "background_share_fntc": [0.5, 0.2, np.nan]}),
     }
     by_label = {m.label: best_variant(m, tables) for m in METRICS}
     assert by_label == {"Energy in mask": "b", "Pointing game": None, "Background-only accuracy": "a",
-                        "ROAR score vs random": "a", "KAR score vs random": "a", "SCG": "b", "CCG": None,
-                        "Undesirable background share": "b"}
+                        "ROAR score vs random": "a", "KAR score vs random": "a",
+                        "SCG (G_k base)": "b", "SCG (Z_k base)": "a", "CCG (G_k base)": None,
+                        "CCG (Z_k base)": None, "Undesirable background share": "b"}
     lines = findings(tables)
+    scg = next(line for line in lines if line.startswith("SCG (G_k base)"))
+    assert "simple confidence gain x 100 with the blurred base image" in scg and "a 1, b 2" in scg
+    ccg = next(m for m in METRICS if m.label == "CCG (Z_k base)")
+    assert ccg.describe(tables).startswith("concise confidence gain x 100 with the black base")
+    bg_only = next(m for m in METRICS if m.label == "Background-only accuracy")
+    tables["table1"]["bg_only_fill"] = "impute"
+    assert "filled from the surrounding background by linear imputation (impute)" in \
+        bg_only.describe(tables)
+    assert "black" not in bg_only.describe(tables)
     assert "a 0.2 ± 0.05, b 0.1 ± 0.01" in lines[3]
     assert lines[4].startswith("KAR score vs random: a is most object-focused") and "a 0.9 ± 0" in lines[4]
     assert lines[1] == "Pointing game: not available."

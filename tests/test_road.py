@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import run_workflow_script
 from xaipipe import paths
 from xaipipe.errors import ConfigError
-from xaipipe.evaluate.road import linear_imputation, noisy_linear_imputation
+from xaipipe.evaluate.road import linear_imputation, noisy_linear_imputation, run_road
 from xaipipe.io import read_json, save_npy
 from xaipipe.models import build_model, save_model
 
@@ -68,29 +69,41 @@ def test_everything_removed_is_a_clear_error():
 @pytest.fixture
 def road_config(make_config, fake_variant_store, tmp_path):
     config = make_config({"device": "cpu", "roar": {"fractions": [0.25, 0.5]}})
-    fake_variant_store(config, splits={"val": 6}, size=16)
+    fake_variant_store(config, splits={"val": 5, "val_matched": 6}, size=16)
     save_model(paths.model_weights(config, "standard"), build_model(4), {"num_classes": 4})
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     return config, ["--config", str(config_file), "--variant", "standard", "--method", "gradcam"]
 
 
-def test_road_stage_writes_morf_and_lerf_curves(road_config):
+def test_road_stage_writes_morf_and_lerf_curves_on_the_matched_val_split(road_config):
+    """ROAD evaluates the trained model on val_matched (roar.eval_split): the val images drawn
+    like its training images, so only the removal differs (here 6 images vs val's 5)."""
     config, argv = road_config
-    maps = np.random.default_rng(0).random((6, 16, 16)).astype(np.float16)
-    save_npy(paths.attribution_map(config, "standard", "gradcam", "val"), maps)
+    maps = np.random.default_rng(0).random((6, 16, 16)).astype(np.float32)
+    save_npy(paths.attribution_map(config, "standard", "gradcam", "val_matched"), maps)
     assert run_workflow_script("road", argv) == 0
     result = read_json(paths.road_result(config, "standard", "gradcam"))
     points = [(row["order"], row["fraction"], row["pixels_removed"]) for row in result["curves"]]
     assert points == [("morf", 0.25, 64), ("morf", 0.5, 128), ("lerf", 0.25, 64), ("lerf", 0.5, 128)]
     assert all(0 <= row["accuracy"] <= 1 for row in result["curves"])
     assert result["n_images"] == 6 and result["noise_std"] == 0.01
+    assert result["split"] == "val_matched"
+
+
+def test_road_eval_split_val_reads_the_unmodified_val_split(road_config):
+    config, _ = road_config
+    config["roar"]["eval_split"] = "val"
+    save_npy(paths.attribution_map(config, "standard", "gradcam", "val"),
+             np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
+    result = run_road(config, "standard", "gradcam", torch.device("cpu"))
+    assert result["split"] == "val" and result["n_images"] == 5
 
 
 def test_road_stage_missing_maps_exit_1_without_output(road_config, capsys):
     config, argv = road_config
     assert run_workflow_script("road", argv) == 1
     err = capsys.readouterr().err
-    assert "error: attribution maps" in err and "gradcam_val.npy do not exist" in err
+    assert "error: attribution maps" in err and "gradcam_val_matched.npy do not exist" in err
     assert not paths.road_result(config, "standard", "gradcam").exists()
     assert not list((paths.results(config) / "evaluate").rglob("*"))

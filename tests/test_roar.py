@@ -14,6 +14,7 @@ from xaipipe.evaluate.roar import run_roar
 from xaipipe.evaluate.roar_summary import (accuracy_table, mean_gap, ranking_agreement,
                                            road_scores, roar_scores, roar_verdicts,
                                            verdict_text)
+from xaipipe.data.store import write_split
 from xaipipe.io import read_json, save_npy, write_json
 
 # --- aggregation on a hand-made table ---------------------------------------------------
@@ -106,7 +107,8 @@ def test_summary_stage_writes_every_table_and_curve(make_config, tmp_path):
     out = paths.roar_summary_dir(config)
     assert sorted(p.name for p in out.iterdir()) == [
         "agreement.csv", "curves_kar_standard.png", "curves_roar_standard.png", "road_scores.csv",
-        "road_table.csv", "roar_scores.csv", "roar_table.csv", "summary.md"]
+        "road_table.csv", "roar_runs.csv", "roar_scores.csv", "roar_table.csv", "summary.md"]
+    assert len(pd.read_csv(out / "roar_runs.csv")) == 2 * len(HAND)
     scores = pd.read_csv(out / "roar_scores.csv").set_index(["kind", "method"])
     assert scores.loc[("roar", "gradcam"), "mean"] == pytest.approx(0.2)
     assert "Spearman 1.00 over 2 methods" in (out / "summary.md").read_text()
@@ -116,7 +118,7 @@ def test_summary_stage_missing_result_exit_1_without_output(make_config, tmp_pat
     config = make_config({"variants": ["standard"], "roar": {"road": False}})
     assert run_workflow_script("roar_summary", ["--config", _config_file(config, tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "roar result(s) missing" in err and "fraction0.3_seed0.json" in err
+    assert "roar result(s) missing" in err and "fraction0.5_seed0.json" in err
     assert not paths.roar_summary_dir(config).parent.exists() or \
         not list(paths.roar_summary_dir(config).parent.iterdir())
 
@@ -124,7 +126,7 @@ def test_summary_stage_missing_result_exit_1_without_output(make_config, tmp_pat
 def test_roar_stage_missing_maps_exit_1_without_output(make_config, fake_variant_store, tmp_path,
                                                        capsys):
     config = make_config({"device": "cpu"})
-    fake_variant_store(config, splits={"train": 4, "val": 4}, size=16)
+    fake_variant_store(config, splits={"train": 4, "val_matched": 4}, size=16)
     argv = ["--config", _config_file(config, tmp_path), "--kind", "roar", "--variant", "standard",
             "--method", "gradcam", "--fraction", "0.3", "--seed", "0"]
     assert run_workflow_script("roar", argv) == 1
@@ -150,7 +152,7 @@ def test_object_map_degrades_roar_faster_than_random(make_config, fake_variant_s
     (One torch thread: on a loaded 2-core machine more threads only contend.)"""
     config = make_config({"device": "cpu", "roar": {"epochs": 3},
                           "train": {"batch_size": 16, "num_threads": 1}})
-    stores = fake_variant_store(config, splits={"train": 48, "val": 32}, size=32)
+    stores = fake_variant_store(config, splits={"train": 48, "val_matched": 32}, size=32)
     rng = np.random.default_rng(0)
     for split, store in stores.items():
         save_npy(paths.attribution_map(config, "standard", "mask", split),
@@ -168,6 +170,29 @@ def test_object_map_degrades_roar_faster_than_random(make_config, fake_variant_s
     assert result["random"]["accuracy"] >= result["mask"]["accuracy"] + 0.3
     assert result["mask"]["epochs"] == 3 and set(result["mask"]["seconds_by_phase"]) == {
         "load", "removal", "train", "evaluate"}
+
+
+def test_retrained_model_is_tested_on_the_matched_split_by_default(
+        make_config, fake_variant_store, restore_torch_threads):
+    """Survey §4.4 step 3: train and test data from the same distribution. The store's val
+    split here holds the same images as val_matched with every label shifted by one, so a
+    run that tests on the unmodified val (the old behaviour) scores ~0 where val_matched
+    scores high; roar.eval_split: val keeps that column available."""
+    config = make_config({"device": "cpu", "roar": {"epochs": 3},
+                          "train": {"batch_size": 16, "num_threads": 1}})
+    stores = fake_variant_store(config, splits={"train": 48, "val_matched": 32}, size=32)
+    shifted = stores["val_matched"]
+    shifted.labels = (shifted.labels + 1) % 4
+    write_split(paths.variant_split_dir(config, "standard", "val"), shifted)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("val_matched", 32), ("val", 32)):
+        save_npy(paths.attribution_map(config, "standard", "random", split),
+                 rng.random((n, 32, 32)).astype(np.float32))
+    matched = run_roar(config, "roar", "standard", "random", 0.1, 0, torch.device("cpu"))
+    assert matched["eval_split"] == "val_matched" and matched["accuracy"] >= 0.6
+    config["roar"]["eval_split"] = "val"
+    unmodified = run_roar(config, "roar", "standard", "random", 0.1, 0, torch.device("cpu"))
+    assert unmodified["eval_split"] == "val" and unmodified["accuracy"] <= 0.3
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_workflow_script
+from conftest import fake_split, run_workflow_script
 from xaipipe import paths
 from xaipipe.config import validate_config
 from xaipipe.explain.sanity import (CASCADE, SignedMaps, cascading_models, cascading_randomisation,
@@ -49,7 +49,8 @@ def test_gradient_maps_decorrelate_under_randomisation():
     settings = validate_config({}, source="test")["explain"]
     torch.manual_seed(0)
     model = build_model(4).eval()
-    images = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    images = fake_split(n=4, size=32)
+    images.images[:] = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
     maps = SignedMaps(images, np.array([0, 1, 2, 3]), settings, torch.device("cpu"), seed=0)
     table = pd.DataFrame(cascading_randomisation(model, maps, ["gradient"], seed=1))
     assert list(table["layer"]) == ["original", *CASCADE]
@@ -57,6 +58,18 @@ def test_gradient_maps_decorrelate_under_randomisation():
     full = table[table["layer"] == "conv1"].iloc[0]
     assert full["spearman_abs_mean"] < 0.5 and abs(full["spearman_signed_mean"]) < 0.5
     assert full["n_valid"] == 4
+
+
+def test_oracle_maps_fail_the_cascading_check_as_they_should():
+    """The oracle maps ignore the model, so randomising it leaves them unchanged: the check
+    must flag them (correlation 1 at every layer), a known-bad case for the sanity check."""
+    settings = validate_config({}, source="test")["explain"]
+    torch.manual_seed(0)
+    maps = SignedMaps(fake_split(n=3, size=16), np.array([0, 1, 2]), settings,
+                      torch.device("cpu"), seed=0)
+    table = pd.DataFrame(cascading_randomisation(build_model(4).eval(), maps, ["oracle_object"],
+                                                 seed=1))
+    assert (table["spearman_abs_mean"] > 0.999).all() and len(table) == 1 + len(CASCADE)
 
 
 def test_sanity_stage_outputs(make_config, fake_variant_store):
@@ -70,9 +83,30 @@ def test_sanity_stage_outputs(make_config, fake_variant_store):
     out = paths.sanity_dir(config, "black")
     table = pd.read_csv(out / "sanity.csv")
     assert len(table) == 2 * (1 + len(CASCADE)) + 2
-    assert set(table[table["test"] == "data"]["layer"]) == {"random_labels"}
+    data = table[table["test"] == "data"]
+    assert set(data["layer"]) == {"random_labels"}
+    # one epoch on 8 images cannot fit random labels: recorded and flagged, not hidden
+    assert data["shuffled_train_accuracy"].between(0, 1).all()
+    assert (data["shuffled_train_accuracy"] < 0.95).all() and not data["meaningful"].any()
+    assert table[table["test"] == "cascading"]["meaningful"].all()
     for name in ("cascade_gradient.png", "cascade_gradcam.png", "saliency.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_data_randomisation_is_meaningful_once_the_model_fits_its_labels():
+    """A shuffled-label model that memorises its 8 images (no augmentation, 40 epochs) fits
+    them, so its check counts; the fit is what sanity.min_fit_accuracy tests."""
+    from xaipipe.config import validate_config
+    from xaipipe.explain.sanity import shuffled_label_model
+
+    train = fake_split(n=8, size=16)
+    settings = validate_config({"train": {"epochs": 40, "batch_size": 8, "optimizer": "adam",
+                                          "lr": 0.003, "augment": {
+                                              "random_resized_crop_scale": [1.0, 1.0],
+                                              "hflip": False}}})["train"]
+    _, fit = shuffled_label_model(train, settings, num_classes=4, seed=0,
+                                  device=torch.device("cpu"))
+    assert fit >= 0.95
 
 
 def test_sanity_stage_missing_store_is_a_clear_error(make_config, capsys):

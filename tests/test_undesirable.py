@@ -182,6 +182,22 @@ def test_stage_writes_results_csv_masks_and_figure(make_config, fake_variant_sto
     assert 0.0 <= masks.min() and masks.max() <= 1.0
 
 
+def test_phi_targets_the_top_predicted_class_by_default(make_config, fake_variant_store,
+                                                       save_untrained_model):
+    """Kang et al. Eq. 8: "h is a class that has the highest accuracy for an image"."""
+    config = make_config({"resolution": 16})
+    assert config["undesirable"]["target_class"] == "predicted"
+    options = {k: v for k, v in settings(iterations=1, blur_kernel=3, num_images=3).items()
+               if k != "target_class"}
+    config["undesirable"].update(options)
+    fake_variant_store(config, "mixed", {"val": 3}, size=16, num_classes=3)
+    save_untrained_model(config, "mixed", num_classes=3)
+    assert run_workflow_script("undesirable", ["--config", write_config(config), "--variant", "mixed"]) == 0
+    table = pd.read_csv(paths.undesirable_dir(config, "mixed") / "per_image.csv")
+    assert (table["target"] == table["pred_before"]).all()
+    assert (table["target"] != table["label"]).any()  # an untrained model: h is not the label
+
+
 def test_stage_missing_inputs_are_clear_errors(make_config, fake_variant_store, save_untrained_model, capsys):
     config = make_config({"resolution": 16})
     config_file = write_config(config)

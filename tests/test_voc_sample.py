@@ -118,5 +118,5 @@ def test_one_epoch_training_and_an_attribution_on_real_files(voc_sample_stores):
     for split in config["explain"]["splits"]:
         maps = np.load(paths.attribution_map(config, "black", "gradient", split))
         store = read_split(paths.variant_split_dir(config, "black", split))
-        assert maps.dtype == np.float16 and maps.shape == store.masks.shape
+        assert maps.dtype == np.float32 and maps.shape == store.masks.shape
         assert np.isfinite(maps).all() and (maps >= 0).all() and maps.max() > 0

@@ -76,7 +76,7 @@ def test_generator_rejects_roar_without_train_maps(tmp_path, capsys):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("explain:\n  splits: [val]\n")
     assert pipeline.main(["dvc", "--config", "config.yaml", str(overlay)]) == 1
-    assert "explain.splits must contain train and val" in capsys.readouterr().err
+    assert "explain.splits must contain train, val_matched" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.25, 1e-05])

@@ -8,6 +8,7 @@ variant on its val images: results/evaluate/metrics/<variant>/confidence_gain.cs
 import sys
 
 from xaipipe.cli import run_stage, stage_parser
+from xaipipe.data.variants import VARIANTS
 from xaipipe.evaluate.confidence_gain import run_confidence_gain
 
 
@@ -17,6 +18,6 @@ def main(args, config):
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, choices=["standard", "black", "noise", "mixed"],
+    parser.add_argument("--variant", required=True, choices=VARIANTS,
                         help="training variant (paper section IV)")
     sys.exit(run_stage(main, parser))

@@ -115,3 +115,10 @@ def train_settings(config: Mapping, variant: str, *, epochs: int | None = None) 
     if epochs is not None:
         settings["epochs"] = epochs
     return settings
+
+
+def validation_variants(config: Mapping) -> list[str]:
+    """Variants whose models the oracle maps validate the metrics on: those of
+    ``metric_validation.variants`` that are trained (``xaipipe.pipeline.check_grid`` rejects
+    the others before a run starts)."""
+    return [v for v in config["metric_validation"]["variants"] if v in config["variants"]]

@@ -92,7 +92,7 @@ def checkpoint_dir(config: Mapping, name: str) -> Path:
 # --- explanations ----------------------------------------------------------------------
 
 def attribution_map(config: Mapping, variant: str, method: str, split: str) -> Path:
-    """float16 N x H x W attribution maps, row order = the variant store's split order."""
+    """float32 N x H x W attribution maps, row order = the variant store's split order."""
     return results(config) / "explain" / variant / "attributions" / f"{method}_{split}.npy"
 
 
@@ -137,6 +137,12 @@ def confidence_gain_table(config: Mapping, variant: str) -> Path:
 
 def localisation_table(config: Mapping, variant: str) -> Path:
     return metrics_dir(config, variant) / "localisation.csv"
+
+
+def metric_validation_table(config: Mapping, variant: str) -> Path:
+    """SCG/CCG, energy in mask and pointing game of the oracle maps and random on one
+    validation variant's model (``metric_validation`` stage)."""
+    return metrics_dir(config, variant) / "metric_validation.csv"
 
 
 def featvis_metrics_table(config: Mapping) -> Path:

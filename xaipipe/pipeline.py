@@ -30,8 +30,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from xaipipe import paths
-from xaipipe.config import load_config
+from xaipipe.config import load_config, validation_variants
 from xaipipe.errors import ConfigError
+from xaipipe.explain.oracle import ORACLE_METHODS
 from xaipipe.report.aggregate import TABLES as REPORT_TABLES
 
 SCRIPTS_DIR = "workflow_scripts"
@@ -116,25 +117,48 @@ def road_methods(config: Mapping) -> list[str]:
     return list(config["roar"]["methods"]) if config["roar"]["road"] else []
 
 
-def grid(stage: Stage, config: Mapping) -> dict[str, list]:
-    """The values each wildcard of ``stage`` takes under ``config`` (empty dict: one job)."""
+def _stage_methods(stage_name: str, config: Mapping) -> list[str]:
+    if stage_name == "attribute":
+        return attribution_methods(config)
+    if stage_name == "road":
+        return road_methods(config)
+    return list(config["roar"]["methods"])
+
+
+ORACLE_GRID = "oracle"
+"""Name of the extra grid that runs the oracle methods on the validation variants only."""
+
+
+def grids(stage: Stage, config: Mapping) -> dict[str, dict[str, list]]:
+    """The wildcard grids of ``stage`` under ``config``: ``{"": main grid}`` plus, for the
+    stages with a ``method`` wildcard, ``{"oracle": ...}``: the oracle methods (those not
+    already in the method list) on the ``metric_validation`` variants only, so validating
+    the metrics does not multiply the whole ROAR grid. Each grid maps a wildcard to its
+    values (empty dict: one job); the jobs are the union of the grids' products."""
+    methods = _stage_methods(stage.name, config)
     values = {
-        "variant": list(config["variants"]) if stage.name != "variant" else store_variants(config),
-        "method": attribution_methods(config) if stage.name == "attribute" else (
-            road_methods(config) if stage.name == "road" else list(config["roar"]["methods"])),
+        "variant": (store_variants(config) if stage.name == "variant" else
+                    validation_variants(config) if stage.name == "metric_validation" else
+                    list(config["variants"])),
+        "method": methods,
         "kind": roar_kinds(config),
         "fraction": list(config["roar"]["fractions"]),
         "seed": list(range(config["roar"]["seeds"])),
     }
-    return {name: values[name] for name in stage.wildcards}
+    out = {"": {name: values[name] for name in stage.wildcards}}
+    oracles = [m for m in ORACLE_METHODS if m not in methods]
+    if "method" in stage.wildcards and methods and oracles and validation_variants(config):
+        out[ORACLE_GRID] = {**{k: list(v) for k, v in out[""].items()},
+                            "variant": validation_variants(config), "method": oracles}
+    return out
 
 
 def jobs(stage: Stage, config: Mapping) -> list[dict]:
-    """All wildcard combinations of ``stage`` (one dict per job)."""
+    """All wildcard combinations of ``stage`` (one dict per job), over all its :func:`grids`."""
     if stage.name not in active_stage_names(config):
         return []
-    axes = grid(stage, config)
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    return [dict(zip(axes, combo)) for axes in grids(stage, config).values()
+            for combo in itertools.product(*axes.values())]
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -153,6 +177,12 @@ def _val_maps(config, variant) -> dict:
                      for m in config["explain"]["methods"]]}
 
 
+def _oracle_val_maps(config, variant) -> dict:
+    """The maps the metric validation scores: the oracles and random, on val."""
+    return {"maps": [paths.attribution_map(config, variant, m, "val")
+                     for m in (*ORACLE_METHODS, "random")]}
+
+
 def _aggregate_inputs(config) -> dict:
     """Every per-stage number the aggregate stage joins into the report tables."""
     variants = config["variants"]
@@ -164,6 +194,8 @@ def _aggregate_inputs(config) -> dict:
         "localisation": [paths.localisation_table(config, v) for v in variants],
         "roar_summary": paths.roar_summary_dir(config),
         "featvis_metrics": paths.featvis_metrics_table(config),
+        "metric_validation": [paths.metric_validation_table(config, v)
+                              for v in validation_variants(config)],
     }
 
 
@@ -258,15 +290,17 @@ STAGE_LIST: tuple[Stage, ...] = (
               "result": paths.roar_result(c, kind, variant, method, fraction, seed)},
           inputs=lambda c, kind, variant, method, fraction, seed: {
               **_store(c, variant),
-              "maps": [paths.attribution_map(c, variant, method, s) for s in ("train", "val")]},
-          params=("seed", "roar.epochs", "train", "train_overrides.{variant}"), gpu=True,
-          mem_mb=16000, runtime=720),
+              "maps": [paths.attribution_map(c, variant, method, s)
+                       for s in ("train", c["roar"]["eval_split"])]},
+          params=("seed", "roar.epochs", "roar.eval_split", "roar.kar_fraction", "train",
+                  "train_overrides.{variant}"),
+          gpu=True, mem_mb=16000, runtime=720),
     Stage("road", "roar", "torch", ("variant", "method"),
           outputs=lambda c, variant, method: {"result": paths.road_result(c, variant, method)},
           inputs=lambda c, variant, method: {
               **_model_and_store(c, variant),
-              "map": paths.attribution_map(c, variant, method, "val")},
-          params=("seed", "roar.fractions", "roar.road_noise_std"), gpu=True,
+              "map": paths.attribution_map(c, variant, method, c["roar"]["eval_split"])},
+          params=("seed", "roar.fractions", "roar.road_noise_std", "roar.eval_split"), gpu=True,
           mem_mb=8000, runtime=120),
     Stage("roar_summary", "roar", "data", (),
           outputs=lambda c: {"dir": paths.roar_summary_dir(c)},
@@ -282,7 +316,14 @@ STAGE_LIST: tuple[Stage, ...] = (
     Stage("localisation", "metrics", "torch", ("variant",),
           outputs=lambda c, variant: {"table": paths.localisation_table(c, variant)},
           inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
-          params=("explain.methods", "localisation", "train.bg_only_fill"), report=("table",)),
+          params=("seed", "explain.methods", "localisation", "train.bg_only_fill",
+                  "train_overrides.{variant}"), report=("table",)),
+    Stage("metric_validation", "metrics", "torch", ("variant",),
+          outputs=lambda c, variant: {"table": paths.metric_validation_table(c, variant)},
+          inputs=lambda c, variant: {**_model_and_store(c, variant),
+                                     **_oracle_val_maps(c, variant)},
+          params=("seed", "resolution", "confidence_gain", "localisation"), gpu=True,
+          mem_mb=8000, runtime=240, report=("table",)),
     Stage("featvis_metrics", "metrics", "torch", (),
           outputs=lambda c: {"table": paths.featvis_metrics_table(c)},
           inputs=lambda c: {
@@ -306,19 +347,34 @@ STAGES: dict[str, Stage] = {s.name: s for s in STAGE_LIST}
 
 def active_stage_names(config: Mapping) -> list[str]:
     """The stages in the DAG under ``config`` (the dataset picks its source stage; ROAD and
-    KAR are switched by ``roar.road`` / ``roar.kar``)."""
+    KAR are switched by ``roar.road`` / ``roar.kar``, the metric validation by
+    ``metric_validation.variants``)."""
     skip = {"make_synthetic" if config["dataset"]["name"] == "voc2012" else "download_voc"}
     if not config["roar"]["road"]:
         skip.add("road")
+    if not validation_variants(config):
+        skip.add("metric_validation")
     return [s.name for s in STAGE_LIST if s.name not in skip]
 
 
 def check_grid(config: Mapping) -> None:
     """Cross-stage config checks the schema cannot express."""
-    if config["roar"]["methods"] and not {"train", "val"} <= set(config["explain"]["splits"]):
-        raise ConfigError("explain.splits must contain train and val because ROAR/KAR retrain on "
-                          "the train maps and evaluate on the val maps of roar.methods; "
-                          f"got {config['explain']['splits']}")
+    splits, eval_split = config["explain"]["splits"], config["roar"]["eval_split"]
+    needed = ["val"] + (["train", eval_split] if config["roar"]["methods"] else [])
+    missing = [s for s in dict.fromkeys(needed) if s not in splits]
+    if missing:
+        raise ConfigError(f"explain.splits must contain {', '.join(missing)}: SCG/CCG and "
+                          "localisation read the val maps, ROAR/KAR retrain on the train maps "
+                          f"of roar.methods and test on the {eval_split} maps "
+                          f"(roar.eval_split); got {splits}")
+    outside = [v for v in config["metric_validation"]["variants"] if v not in config["variants"]]
+    if outside:
+        raise ConfigError(f"metric_validation.variants lists {outside}, which are not in "
+                          f"variants {config['variants']}: add them to variants or remove them "
+                          "from metric_validation.variants ([] switches the validation off)")
+    if validation_variants(config) and "random" not in attribution_methods(config):
+        raise ConfigError("metric_validation compares the oracle maps with random: add random "
+                          "to explain.methods (or set metric_validation.variants: [])")
 
 
 # --- config slices (params) ------------------------------------------------------------------
@@ -413,13 +469,14 @@ def _dvc_params(stage: Stage, configfiles: Sequence[str]) -> list:
     return out
 
 
-def _dvc_stage(stage: Stage, config: Mapping, configfiles: Sequence[str]) -> dict:
+def _dvc_stage(stage: Stage, config: Mapping, configfiles: Sequence[str],
+               matrix: Mapping[str, list]) -> dict:
     wc = {w: Placeholder(w, "${{item.{name}}}") for w in stage.wildcards}
     outs = stage.outputs(config, **wc)
     ins = stage.inputs(config, **wc)
     entry: dict[str, Any] = {}
     if stage.wildcards:
-        entry["matrix"] = grid(stage, config)
+        entry["matrix"] = dict(matrix)
     entry["cmd"] = shell_command(stage, configfiles, stage.threads, **wc)
     entry["deps"] = [stage.script] + [str(p) for p in _flat(ins.values())]
     params = _dvc_params(stage, configfiles)
@@ -435,11 +492,16 @@ def _dvc_stage(stage: Stage, config: Mapping, configfiles: Sequence[str]) -> dic
 
 def dvc_yaml(configfiles: Sequence[str]) -> str:
     """``dvc.yaml`` for the merged ``configfiles``: every active stage, wildcards as a
-    ``matrix``, the same command line as the Snakemake rule (without log redirection)."""
+    ``matrix``, the same command line as the Snakemake rule (without log redirection). A
+    stage with several :func:`grids` (a DVC matrix is one product) becomes one DVC stage per
+    grid, ``<stage>_<grid>`` after the first, all running the same script."""
     config = load_config(configfiles)
     check_grid(config)
-    stages = {name: _dvc_stage(STAGES[name], config, configfiles)
-              for name in active_stage_names(config)}
+    stages = {}
+    for name in active_stage_names(config):
+        for suffix, matrix in grids(STAGES[name], config).items():
+            stages[f"{name}_{suffix}" if suffix else name] = _dvc_stage(
+                STAGES[name], config, configfiles, matrix)
     header = ("# Generated by `python -m xaipipe.pipeline dvc --config "
               + " ".join(configfiles) + " > dvc.yaml` from the stage list in\n"
               "# xaipipe/pipeline.py (the same one rules/*.smk use). Do not edit by hand;\n"

@@ -2,8 +2,16 @@
 
 Implements the confidence-gain paper (``papers/scg-ccg-confidence-gain.txt``):
 
+* **Heat-map dilation** (§5.2): "*grad*'s heat map *H* is of high entropy, so we dilate the
+  raw heat map 0, 2, and 5 times with a 3x3 kernel" -- a grey-value dilation (3 x 3 maximum
+  filter) applied ``d`` times before thresholding, per method and setting
+  (``confidence_gain.heatmap_dilations``, default ``{gradient: [0, 2, 5]}``); every setting
+  is its own row, as in the paper's Table 1. Agreement masks use one setting per method
+  (``confidence_gain.agreement_dilations``, default ``{gradient: 5}``: "for grad, the number
+  of dilating operations is 5").
 * **Mask** (§4.1): ``M`` = the top ``rho`` pixels of the heat map ``H`` (``round(rho*H*W)``
-  pixels; ties broken as in :func:`xaipipe.evaluate.removal.rank_mask`).
+  pixels; ties broken by the per-image seeded order of
+  :func:`xaipipe.evaluate.removal.tie_orders`, the same for every method).
 * **Base image** ``I_K`` (§4.1, §5.2): a Gaussian kernel ``G_k`` (blur, 17 x 17 at 224 px) or
   the zero kernel ``Z_k`` (black). **Hybrid** ``I_{M,K}`` = ``I`` where ``M`` else ``I_K``.
 * **SCG** (Eq. 2): ``(p(I_{M,K}) - p(I_K)) / (p(I) - p(I_K))`` with ``p`` the softmax
@@ -11,8 +19,11 @@ Implements the confidence-gain paper (``papers/scg-ccg-confidence-gain.txt``):
 * **CCG** (Eq. 3, Algorithm 1): grow ``M`` by 3 x 3 dilation until the hybrid is classified
   as ``y`` (the accurate mask ``AM``), then
   ``(p(I_{AM,K}) - p(I_K)) * N / ((p(I) - p(I_K)) * A_AM)``.
-* **Exclusions** (§5.2): images with ``p(I) - p(I_K) <= 0`` (the paper's "less than zero",
-  plus zero, which would divide by zero) are excluded from both metrics; a negative
+* **Exclusions** (§5.2): images with ``p(I) - p(I_K) <= min_denominator`` are excluded from
+  both metrics. The paper excludes "less than zero" (``min_denominator: 0``, plus zero, which
+  would divide by zero); the default 0.05 also drops images whose full image barely beats the
+  base, where Eq. 2 and 3 divide by noise (measured on the demo's black model: SCG values up
+  to 180 where the metric lives near [0, 1], and means decided by one image). A negative
   numerator excludes the image from that metric; CCG excludes images whose mask had to be
   grown more than ``max_growth`` (50) times. An empty mask (an agreement mask with no common
   pixel) cannot grow and is excluded from CCG. Every exclusion is counted by reason.
@@ -45,7 +56,7 @@ from xaipipe import paths
 from xaipipe.data.store import Split, read_split
 from xaipipe.device import claim_device
 from xaipipe.errors import DataError
-from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask
+from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask, split_ids, tie_orders
 from xaipipe.io import atomic_path
 from xaipipe.models import images_to_float, load_model
 
@@ -65,10 +76,20 @@ EXCLUSION_REASONS = {DENOMINATOR: "denominator", NEGATIVE_GAIN: "negative_gain",
 
 # --- masks and base images ------------------------------------------------------------------
 
-def top_fraction_mask(maps: torch.Tensor, rho: float) -> torch.Tensor:
-    """Boolean N x H x W mask of the top ``rho`` share of each heat map (§4.1, "GetBitMask")."""
+def top_fraction_mask(maps: torch.Tensor, rho: float, ties: torch.Tensor) -> torch.Tensor:
+    """Boolean N x H x W mask of the top ``rho`` share of each heat map (§4.1, "GetBitMask"),
+    ties in the order of ``ties`` (:func:`xaipipe.evaluate.removal.tie_orders`)."""
     _, height, width = maps.shape
-    return rank_mask(maps, pixel_count(rho, height, width), most_relevant=True)
+    return rank_mask(maps, pixel_count(rho, height, width), most_relevant=True, ties=ties)
+
+
+def dilate_heatmap(maps: torch.Tensor, times: int) -> torch.Tensor:
+    """Grey-value dilation of N x H x W heat maps with a 3 x 3 kernel, ``times`` times
+    (§5.2): each pixel becomes the maximum of its 3 x 3 neighbourhood inside the image."""
+    out = maps.float()[:, None]
+    for _ in range(times):
+        out = F.max_pool2d(out, kernel_size=3, stride=1, padding=1)
+    return out[:, 0]
 
 
 def dilate(masks: torch.Tensor) -> torch.Tensor:
@@ -153,14 +174,15 @@ class GainResult:
 
 def confidence_gain(model: nn.Module, images: torch.Tensor, base: torch.Tensor,
                     labels: torch.Tensor, masks: torch.Tensor, *, max_growth: int,
-                    batch_size: int) -> GainResult:
+                    batch_size: int, min_denominator: float = 0.0) -> GainResult:
     """SCG (Eq. 2) and CCG (Eq. 3, Algorithm 1) of ``S`` mask sets over ``n`` images.
 
     ``images``/``base``: float n x 3 x H x W (``I`` and ``I_K``); ``labels``: n true classes;
     ``masks``: boolean S x n x H x W. Returns flattened S*n items (row ``s*n + i`` is mask set
     ``s`` of image ``i``). Each growth step is one batched forward over the items still
     growing; an item whose mask already covers the image and is still misclassified stops
-    early (it would only reach the growth limit).
+    early (it would only reach the growth limit). Images with ``p(I) - p(I_K) <=
+    min_denominator`` are excluded (``DENOMINATOR``; the paper's rule is 0).
     """
     sets, n, height, width = masks.shape
     image_index = torch.arange(n, device=images.device).repeat(sets)
@@ -172,7 +194,7 @@ def confidence_gain(model: nn.Module, images: torch.Tensor, base: torch.Tensor,
     item_base = p_base[image_index]
 
     p_hybrid, pred = _hybrid_probability(model, images, base, labels, masks, image_index, batch_size)
-    valid = gain_denominator > 0
+    valid = gain_denominator > min_denominator
     scg_gain = p_hybrid - item_base
     scg_status = torch.full_like(image_index, OK)
     scg_status[scg_gain < 0] = NEGATIVE_GAIN
@@ -213,21 +235,46 @@ def confidence_gain(model: nn.Module, images: torch.Tensor, base: torch.Tensor,
 
 # --- the stage ------------------------------------------------------------------------------
 
-def mask_sets(methods: Sequence[str], agreement: bool) -> list[tuple[str, ...]]:
-    """Every single method, then (``agreement``) every unordered pair (§4.4, §5.2)."""
-    singles = [(m,) for m in methods]
-    return singles + (list(itertools.combinations(methods, 2)) if agreement else [])
+MaskSet = tuple[tuple[str, int], ...]
+"""One mask: ``((method, heat-map dilations), ...)``; two or more members = an agreement mask."""
 
 
-def build_masks(maps: Mapping[str, torch.Tensor], sets: Sequence[tuple[str, ...]],
-                rho: float) -> torch.Tensor:
-    """S x n x H x W boolean masks: each set's top-``rho`` masks intersected (agreement)."""
-    singles = {m: top_fraction_mask(maps[m], rho) for m in {m for s in sets for m in s}}
+def mask_sets(methods: Sequence[str], agreement: bool,
+              heatmap_dilations: Mapping[str, Sequence[int]] | None = None,
+              agreement_dilations: Mapping[str, int] | None = None) -> list[MaskSet]:
+    """Every single method at each of its heat-map dilation settings (default ``[0]``), then
+    (``agreement``) every unordered pair of methods, each at its agreement setting (default
+    0) (§4.4, §5.2)."""
+    heatmap_dilations = heatmap_dilations or {}
+    agreement_dilations = agreement_dilations or {}
+    singles = [((m, int(d)),) for m in methods for d in heatmap_dilations.get(m, [0])]
+    pairs = [tuple((m, int(agreement_dilations.get(m, 0))) for m in pair)
+             for pair in itertools.combinations(methods, 2)] if agreement else []
+    return singles + pairs
+
+
+def mask_name(mask_set: MaskSet) -> str:
+    """The table's ``mask`` column: the methods joined by ``+``."""
+    return "+".join(method for method, _ in mask_set)
+
+
+def dilation_name(mask_set: MaskSet) -> str:
+    """The table's ``dilation`` column: each member's heat-map dilations, joined by ``+``."""
+    return "+".join(str(d) for _, d in mask_set)
+
+
+def build_masks(maps: Mapping[str, torch.Tensor], sets: Sequence[MaskSet], rho: float,
+                ties: torch.Tensor) -> torch.Tensor:
+    """S x n x H x W boolean masks: each set's members' top-``rho`` masks (of the heat map
+    dilated as the member says) intersected (agreement)."""
+    members = {member for mask_set in sets for member in mask_set}
+    singles = {(m, d): top_fraction_mask(dilate_heatmap(maps[m], d), rho, ties)
+               for m, d in members}
     out = []
     for mask_set in sets:
         mask = singles[mask_set[0]]
-        for method in mask_set[1:]:
-            mask = mask & singles[method]
+        for member in mask_set[1:]:
+            mask = mask & singles[member]
         out.append(mask)
     return torch.stack(out)
 
@@ -243,7 +290,7 @@ def select_images(n: int, num_images: int, seed: int) -> np.ndarray:
 
 def summarise(records: pd.DataFrame) -> pd.DataFrame:
     """The tidy table: one row per (mask, rho, kernel) with means, stds and exclusion counts."""
-    keys = ["mask", "kind", "rho", "kernel"]
+    keys = ["mask", "dilation", "kind", "rho", "kernel"]
     rows = []
     for key, group in records.groupby(keys, sort=False):
         row = dict(zip(keys, key))
@@ -262,17 +309,21 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_confidence_gain(model: nn.Module, split: Split, maps: Mapping[str, np.ndarray], *,
                              rhos: Sequence[float], kernels: Sequence[str], kernel_size: int,
-                             sigma: float, max_growth: int, agreement: bool, batch_size: int,
+                             sigma: float, max_growth: int, min_denominator: float,
+                             sets: Sequence[MaskSet],
+                             batch_size: int, tie_seed: int,
                              device: torch.device) -> pd.DataFrame:
     """Per-item SCG/CCG records of ``split`` (all rows) for every mask set, rho and kernel.
 
-    ``maps[method]``: N x H x W heat maps in ``split``'s row order. Columns: ``mask``,
-    ``kind`` (single/agreement), ``rho``, ``kernel``, ``image``, ``scg``, ``ccg``,
-    ``scg_status``, ``ccg_status``, ``growth``, ``area``.
+    ``maps[method]``: N x H x W heat maps in ``split``'s row order; ``sets``: from
+    :func:`mask_sets`; ties of the top-rho masks follow :func:`tie_orders` of the split's
+    ids with ``tie_seed``. Columns: ``mask``, ``dilation``, ``kind`` (single/agreement),
+    ``rho``, ``kernel``, ``image``, ``scg``, ``ccg``, ``scg_status``, ``ccg_status``,
+    ``growth``, ``area``.
     """
     model = model.to(device).eval()
-    sets = mask_sets(list(maps), agreement)
-    n = len(split)
+    n, _, height, width = split.images.shape
+    ids = split_ids(split)
     chunk = max(1, batch_size * ITEMS_PER_BATCH_FACTOR // len(sets))
     frames = []
     progress = tqdm(total=n * len(kernels) * len(rhos), desc="SCG/CCG", unit="img", leave=False)
@@ -280,37 +331,43 @@ def evaluate_confidence_gain(model: nn.Module, split: Split, maps: Mapping[str, 
         rows = slice(start, min(start + chunk, n))
         images = images_to_float(torch.as_tensor(np.asarray(split.images[rows]), device=device))
         labels = torch.as_tensor(np.asarray(split.labels[rows]), device=device)
-        chunk_maps = {m: torch.as_tensor(np.asarray(a[rows], dtype=np.float32), device=device)
+        chunk_maps = {m: torch.as_tensor(np.array(a[rows], dtype=np.float32), device=device)
                       for m, a in maps.items()}
+        ties = tie_orders(ids[rows], height * width, tie_seed, device)
         for kernel in kernels:
             base = base_images(images, kernel, kernel_size, sigma)
             for rho in rhos:
-                masks = build_masks(chunk_maps, sets, rho)
+                masks = build_masks(chunk_maps, sets, rho, ties)
                 result = confidence_gain(model, images, base, labels, masks,
-                                         max_growth=max_growth, batch_size=batch_size)
+                                         max_growth=max_growth, batch_size=batch_size,
+                                         min_denominator=min_denominator)
                 frame = pd.DataFrame({k: v.cpu().numpy() for k, v in vars(result).items()})
-                frame["mask"] = np.repeat(["+".join(s) for s in sets], images.shape[0])
+                count = images.shape[0]
+                frame["mask"] = np.repeat([mask_name(s) for s in sets], count)
+                frame["dilation"] = np.repeat([dilation_name(s) for s in sets], count)
                 frame["kind"] = np.repeat(["single" if len(s) == 1 else "agreement" for s in sets],
-                                          images.shape[0])
+                                          count)
                 frame["image"] = np.tile(np.arange(rows.start, rows.stop), len(sets))
                 frame["rho"], frame["kernel"] = rho, kernel
                 frames.append(frame)
-                progress.update(images.shape[0])
+                progress.update(count)
     progress.close()
     return pd.concat(frames, ignore_index=True)
 
 
-def run_confidence_gain(config: Mapping, variant: str) -> pd.DataFrame:
-    """The ``confidence_gain`` stage of ``variant``: read the val store, the model and every
-    ``explain.methods`` val map, write ``paths.confidence_gain_table`` and return it."""
+def score_masks(config: Mapping, variant: str, methods: Sequence[str],
+                sets: Sequence[MaskSet]) -> pd.DataFrame:
+    """The summarised SCG/CCG table (:func:`summarise`) of ``variant``'s model for the mask
+    ``sets`` of ``methods``' val maps, on the seeded val subset of
+    ``confidence_gain.num_images``; columns as the stage's table (``variant`` first)."""
     settings = config["confidence_gain"]
-    methods = list(config["explain"]["methods"])
     split = read_split(paths.variant_split_dir(config, variant, "val"))
     all_maps = {m: load_maps(paths.attribution_map(config, variant, m, "val"), split)
                 for m in methods}
     rows = select_images(len(split), settings["num_images"], config["seed"])
+    ids = split_ids(split)
     subset = Split(images=split.images[rows], masks=split.masks[rows], labels=split.labels[rows],
-                   meta=split.meta)
+                   meta={**split.meta, "ids": [ids[r] for r in rows]})
     maps = {m: a[rows] for m, a in all_maps.items()}
     kernel_size = gaussian_kernel_size(settings["gaussian_kernel"], config["resolution"])
     sigma = settings["gaussian_sigma"] or opencv_sigma(kernel_size)
@@ -321,15 +378,27 @@ def run_confidence_gain(config: Mapping, variant: str) -> pd.DataFrame:
         records = evaluate_confidence_gain(
             model, subset, maps, rhos=settings["rhos"], kernels=settings["kernels"],
             kernel_size=kernel_size, sigma=sigma, max_growth=settings["max_growth"],
-            agreement=settings["agreement"], batch_size=settings["batch_size"], device=device)
+            min_denominator=settings["min_denominator"], sets=sets,
+            batch_size=settings["batch_size"], tie_seed=config["seed"], device=device)
     table = summarise(records)
     table.insert(0, "variant", variant)
     table["kernel_size"] = np.where(table.kernel == "gaussian", kernel_size, 0)
     table["sigma"] = np.where(table.kernel == "gaussian", sigma, 0.0)
+    return table
+
+
+def run_confidence_gain(config: Mapping, variant: str) -> pd.DataFrame:
+    """The ``confidence_gain`` stage of ``variant``: read the val store, the model and every
+    ``explain.methods`` val map, write ``paths.confidence_gain_table`` and return it."""
+    settings = config["confidence_gain"]
+    methods = list(config["explain"]["methods"])
+    sets = mask_sets(methods, settings["agreement"], settings["heatmap_dilations"],
+                     settings["agreement_dilations"])
+    table = score_masks(config, variant, methods, sets)
     with atomic_path(paths.confidence_gain_table(config, variant)) as tmp:
         table.to_csv(tmp, index=False)
-    log.info("%s: SCG/CCG of %d mask sets on %d val images -> %s", variant,
-             table["mask"].nunique(), len(rows), paths.confidence_gain_table(config, variant))
+    log.info("%s: SCG/CCG of %d mask sets on %d val images -> %s", variant, len(sets),
+             int(table["n_images"].max()), paths.confidence_gain_table(config, variant))
     return table
 
 

@@ -9,8 +9,10 @@ images, next to the value a map that knows nothing about the object would get:
   (``localisation.negative: clip``, only positive evidence counts) or their magnitude
   (``abs``). Maps without any mass (all zero after that step) are excluded and counted.
 * **Pointing game** (Zhang et al. 2016, without their 15 px tolerance): 1 if the map's
-  maximum lies on the object. Ties go to the first maximum in row-major order (the first
-  flat index, as ``torch.argmax`` documents), so the result is deterministic.
+  maximum lies on the object. Tied maxima (a flat or all-zero map) are broken by the image's
+  seeded random pixel order (:func:`xaipipe.evaluate.removal.tie_orders`, the same for every
+  method), so a flat map hits the object with the chance probability instead of always
+  pointing at the top-left corner; the result is deterministic for a seed.
 * **Chance**: a uniform map has energy-in-mask = the image's foreground fraction, and a
   uniformly random point hits the object with that same probability, so the mean
   foreground fraction is the chance level of both scores.
@@ -27,7 +29,7 @@ Masks are 1 = foreground. Hand-written (a few tensor reductions; no library has 
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,7 +39,7 @@ from xaipipe import paths
 from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
 from xaipipe.device import claim_device
-from xaipipe.evaluate.removal import load_maps
+from xaipipe.evaluate.removal import load_maps, split_ids, tie_orders
 from xaipipe.io import atomic_path
 from xaipipe.models import load_model
 from xaipipe.train import predict
@@ -64,11 +66,13 @@ def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor, negative: str = "cli
     return torch.where(total > 0, inside / total, torch.nan)
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-image 1.0 if the first (row-major) maximum of the map is on the foreground."""
+def pointing_game(maps: torch.Tensor, masks: torch.Tensor, ties: torch.Tensor) -> torch.Tensor:
+    """Per-image 1.0 if the map's maximum is on the foreground; among tied maxima the first
+    in the order of ``ties`` (N x H*W permutations, :func:`tie_orders`) counts."""
     n = maps.shape[0]
-    first_max = maps.reshape(n, -1).float().argmax(dim=1)  # documented: first maximal value
-    hit = masks.reshape(n, -1).gather(1, first_max[:, None])[:, 0]
+    shuffled = maps.reshape(n, -1).float().gather(1, ties)
+    first_max = shuffled.argmax(dim=1)  # documented: the first maximal value
+    hit = masks.reshape(n, -1).gather(1, ties.gather(1, first_max[:, None]))[:, 0]
     return (hit > 0).float()
 
 
@@ -81,15 +85,17 @@ def _row(variant: str, subject: str, metric: str, values: np.ndarray) -> dict:
 
 
 def localisation_rows(variant: str, maps: Mapping[str, np.ndarray], masks: np.ndarray,
-                      negative: str) -> list[dict]:
-    """Rows of energy-in-mask and pointing game for every method, plus the chance level."""
+                      negative: str, ties: torch.Tensor) -> list[dict]:
+    """Rows of energy-in-mask and pointing game for every method, plus the chance level;
+    ``ties``: the images' :func:`tie_orders` (pointing-game ties)."""
     mask_t = torch.from_numpy(np.array(masks))
     rows = []
     for method, method_maps in maps.items():
-        map_t = torch.as_tensor(np.asarray(method_maps, dtype=np.float32))
+        map_t = torch.as_tensor(np.array(method_maps, dtype=np.float32))
         rows.append(_row(variant, method, "energy_in_mask",
                          energy_in_mask(map_t, mask_t, negative).numpy()))
-        rows.append(_row(variant, method, "pointing_game", pointing_game(map_t, mask_t).numpy()))
+        rows.append(_row(variant, method, "pointing_game",
+                         pointing_game(map_t, mask_t, ties).numpy()))
     fg_fraction = mask_t.flatten(1).float().mean(1).numpy()
     rows += [_row(variant, CHANCE, metric, fg_fraction) for metric in ("energy_in_mask", "pointing_game")]
     return rows
@@ -108,20 +114,28 @@ def reliance_rows(variant: str, model: torch.nn.Module, split, device: torch.dev
     return rows
 
 
-def run_localisation(config: Mapping, variant: str) -> pd.DataFrame:
-    """The ``localisation`` stage of ``variant``: write ``paths.localisation_table``."""
-    settings = config["localisation"]
+def method_rows(config: Mapping, variant: str, methods: Sequence[str]) -> list[dict]:
+    """:func:`localisation_rows` of ``methods``' val maps of ``variant`` (the ``chance`` rows
+    included), ties seeded by ``config['seed']``."""
     split = read_split(paths.variant_split_dir(config, variant, "val"))
     maps = {m: load_maps(paths.attribution_map(config, variant, m, "val"), split)
-            for m in config["explain"]["methods"]}
-    rows = localisation_rows(variant, maps, split.masks, settings["negative"])
+            for m in methods}
+    ties = tie_orders(split_ids(split), int(np.prod(split.masks.shape[1:])), config["seed"])
+    return localisation_rows(variant, maps, split.masks, config["localisation"]["negative"], ties)
+
+
+def run_localisation(config: Mapping, variant: str) -> pd.DataFrame:
+    """The ``localisation`` stage of ``variant``: write ``paths.localisation_table``."""
+    methods = list(config["explain"]["methods"])
+    rows = method_rows(config, variant, methods)
+    split = read_split(paths.variant_split_dir(config, variant, "val"))
     with claim_device(config["device"]) as device:
         model, _ = load_model(paths.model_weights(config, variant), map_location=device)
-        rows += reliance_rows(variant, model, split, device, settings["batch_size"],
+        rows += reliance_rows(variant, model, split, device, config["localisation"]["batch_size"],
                               train_settings(config, variant)["bg_only_fill"])
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(paths.localisation_table(config, variant)) as tmp:
         table.to_csv(tmp, index=False)
-    log.info("%s: localisation of %d methods on %d val images -> %s", variant, len(maps),
+    log.info("%s: localisation of %d methods on %d val images -> %s", variant, len(methods),
              len(split), paths.localisation_table(config, variant))
     return table

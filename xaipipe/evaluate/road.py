@@ -10,7 +10,9 @@ neighbours that exist at the border. Removed neighbours are unknowns too, so all
 pixels of an image are solved together as one sparse linear system (``scipy.sparse``; one
 factorisation for the three channels), then Gaussian noise of std ``roar.road_noise_std``
 (pixel units in [0, 1]) is added to the imputed values. The trained variant model is then
-evaluated on the imputed images.
+evaluated on the imputed images of ``roar.eval_split`` (default ``val_matched``: the val
+images drawn like the model's training images, so only the removal differs from what the
+model was trained on; ROAD's point is to remove without a distribution shift).
 
 The system is hand-built here (no maintained library ships ROAD's imputer); ranking reuses
 :mod:`xaipipe.evaluate.removal`, so ROAR and ROAD remove exactly the same pixels.
@@ -31,7 +33,7 @@ from xaipipe import paths
 from xaipipe.config import train_settings
 from xaipipe.data.store import Split, read_split
 from xaipipe.errors import ConfigError, DataError
-from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask
+from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask, split_ids, tie_orders
 from xaipipe.models import load_model
 from xaipipe.train import predict
 
@@ -108,18 +110,21 @@ def road_curves(model: torch.nn.Module, split: Split, maps: np.ndarray,
     (order, fraction): ``{"order", "fraction", "pixels_removed", "accuracy"}``.
 
     Noise comes from a generator seeded by ``(seed, order index, fraction index)``, so every
-    method sees the same noise stream.
+    method sees the same noise stream; ranking ties are broken by :func:`tie_orders` with
+    ``seed``, as in ROAR.
     """
     model = model.to(device)
-    scores = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    scores = torch.as_tensor(np.array(maps, dtype=np.float32))
     labels = np.asarray(split.labels)
     n, _, height, width = split.images.shape
+    ties = tie_orders(split_ids(split), height * width, seed)
     rows = []
     grid = [(o, f) for o in range(len(ORDERS)) for f in range(len(fractions))]
     for order_index, fraction_index in tqdm(grid, desc=desc, unit="curve point"):
         fraction = fractions[fraction_index]
         count = pixel_count(fraction, height, width)
-        removed = rank_mask(scores, count, most_relevant=ORDERS[order_index] == "morf").numpy()
+        removed = rank_mask(scores, count, most_relevant=ORDERS[order_index] == "morf",
+                            ties=ties).numpy()
         rng = np.random.default_rng([seed, order_index, fraction_index])
         correct = 0
         for start in range(0, n, batch_size):
@@ -136,18 +141,20 @@ def road_curves(model: torch.nn.Module, split: Split, maps: np.ndarray,
 
 
 def run_road(config: Mapping, variant: str, method: str, device: torch.device) -> dict:
-    """The ``road`` stage's numbers for one (variant, method) on the unmodified val split."""
+    """The ``road`` stage's numbers for one (variant, method) on ``roar.eval_split``."""
     started = time.perf_counter()
-    split = read_split(paths.variant_split_dir(config, variant, "val"))
-    if len(split) == 0:
-        raise DataError(f"{paths.variant_split_dir(config, variant, 'val')} has no images; "
-                        "ROAD needs a non-empty val split")
-    maps = load_maps(paths.attribution_map(config, variant, method, "val"), split)
-    model, _ = load_model(paths.model_weights(config, variant), map_location=device)
     roar_config = config["roar"]
+    eval_split = roar_config["eval_split"]
+    directory = paths.variant_split_dir(config, variant, eval_split)
+    split = read_split(directory)
+    if len(split) == 0:
+        raise DataError(f"{directory} has no images; ROAD needs a non-empty {eval_split} split")
+    maps = load_maps(paths.attribution_map(config, variant, method, eval_split), split)
+    model, _ = load_model(paths.model_weights(config, variant), map_location=device)
     rows = road_curves(model, split, maps, list(roar_config["fractions"]),
                        roar_config["road_noise_std"], config["seed"], device,
-                       batch_size=train_settings(config, variant)["batch_size"], desc=f"road {variant}/{method}")
-    return {"variant": variant, "method": method, "split": "val", "n_images": len(split),
+                       batch_size=train_settings(config, variant)["batch_size"],
+                       desc=f"road {variant}/{method}")
+    return {"variant": variant, "method": method, "split": eval_split, "n_images": len(split),
             "noise_std": roar_config["road_noise_std"], "curves": rows,
             "seconds": time.perf_counter() - started}

@@ -1,12 +1,22 @@
 """One ROAR or KAR remove-and-retrain run (Hooker et al. 2019; survey §4.4, steps 1-4).
 
-``run_roar`` ranks every train and val image's pixels by its attribution map, replaces the top
-``fraction`` (ROAR) or everything but the top ``fraction`` (KAR) by the variant's training-set
-channel mean (:mod:`xaipipe.evaluate.removal`), retrains a fresh ResNet18 with the variant's
-training settings on the modified training split and measures accuracy on the modified
-validation split. The ``random`` attribution method is the baseline every other method is
-compared with in :mod:`xaipipe.evaluate.roar_summary`. Seed ``s`` trains with
-``config["seed"] + s``.
+``run_roar`` ranks every train and test image's pixels by its attribution map, replaces the
+top ``fraction`` (ROAR) or the bottom ``fraction`` (KAR; ``roar.kar_fraction``) by the variant's
+training-set channel mean (:mod:`xaipipe.evaluate.removal`; "Both the training and the
+testing data undergo this process", step 2), retrains a fresh ResNet18 with the variant's
+training settings on the modified training split (step 3) and measures accuracy on the
+modified test split.
+
+The test split is ``roar.eval_split``: by default ``val_matched``, the val images with the
+variant's own background treatment, because "the training data and the test data must be
+drawn from the same distribution" (step 3). ``val`` (the unmodified val images, the paper's
+Table I column) is available, but for ``black``, ``noise`` and ``mixed`` it mixes pixel
+removal with a background shift.
+
+The ``random`` attribution method is the baseline every other method is compared with in
+:mod:`xaipipe.evaluate.roar_summary` (step 4). Seed ``s`` trains with ``config["seed"] + s``;
+ties in the ranking are broken by the per-image order of ``config["seed"]``, the same for
+every method and seed.
 """
 
 from __future__ import annotations
@@ -35,16 +45,20 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     seconds = {}
     clock = time.perf_counter()
+    eval_split = config["roar"]["eval_split"]
     train = read_split(paths.variant_split_dir(config, variant, "train"))
-    val = read_split(paths.variant_split_dir(config, variant, "val"))
+    val = read_split(paths.variant_split_dir(config, variant, eval_split))
     train_maps = load_maps(paths.attribution_map(config, variant, method, "train"), train)
-    val_maps = load_maps(paths.attribution_map(config, variant, method, "val"), val)
+    val_maps = load_maps(paths.attribution_map(config, variant, method, eval_split), val)
     seconds["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     fill = fill_value(train.images)
-    train_removed = remove_pixels(train, train_maps, kind, fraction, fill, device)
-    val_removed = remove_pixels(val, val_maps, kind, fraction, fill, device)
+    kar_fraction = config["roar"]["kar_fraction"]
+    train_removed = remove_pixels(train, train_maps, kind, fraction, fill, config["seed"], device,
+                                  kar_fraction)
+    val_removed = remove_pixels(val, val_maps, kind, fraction, fill, config["seed"], device,
+                                kar_fraction)
     seconds["removal"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -66,6 +80,7 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
     return {
         "kind": kind, "variant": variant, "method": method, "fraction": fraction, "seed": seed,
         "train_seed": config["seed"] + seed,
+        "eval_split": eval_split,
         "accuracy": float(val_accuracy), "train_running_accuracy": float(train_accuracy),
         "epochs": settings["epochs"], "n_train": len(train), "n_val": len(val),
         "pixels_removed": train_removed.meta["removal"]["pixels_removed"],

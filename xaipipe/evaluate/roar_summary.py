@@ -29,8 +29,9 @@ import pandas as pd  # noqa: E402
 
 from xaipipe import paths  # noqa: E402
 from xaipipe.errors import ConfigError, DataError  # noqa: E402
+from xaipipe.explain.oracle import ORACLE_METHODS, REFERENCE_METHODS  # noqa: E402
 from xaipipe.io import atomic_path, read_json  # noqa: E402
-from xaipipe.pipeline import roar_kinds  # noqa: E402
+from xaipipe.pipeline import STAGES, jobs, roar_kinds  # noqa: E402
 
 BASELINE = "random"
 KEYS = ["kind", "variant", "method"]
@@ -46,15 +47,15 @@ def _read_all(files: dict[tuple, Path], stage: str) -> list[dict]:
 
 
 def collect_roar(config: Mapping) -> pd.DataFrame:
-    """One row per ROAR/KAR run of the configured grid: kind, variant, method, fraction, seed,
-    accuracy. Raises :class:`DataError` listing the missing result files."""
+    """One row per ROAR/KAR run of the configured grid (the oracle grid of the metric
+    validation included): kind, variant, method, fraction, seed, accuracy. Raises
+    :class:`DataError` listing the missing result files."""
     roar = config["roar"]
     if BASELINE not in roar["methods"]:
         raise ConfigError(f"roar.methods must include '{BASELINE}' (the baseline every method is "
                           f"compared with); got {roar['methods']}")
-    files = {(k, v, m, f, s): paths.roar_result(config, k, v, m, f, s)
-             for k in roar_kinds(config) for v in config["variants"] for m in roar["methods"]
-             for f in roar["fractions"] for s in range(roar["seeds"])}
+    files = {(j["kind"], j["variant"], j["method"], j["fraction"], j["seed"]):
+             paths.roar_result(config, **j) for j in jobs(STAGES["roar"], config)}
     results = _read_all(files, "roar")
     return pd.DataFrame([{**dict(zip(KEYS + ["fraction", "seed"], key)), "accuracy": r["accuracy"]}
                          for key, r in zip(files, results)])
@@ -62,8 +63,8 @@ def collect_roar(config: Mapping) -> pd.DataFrame:
 
 def collect_road(config: Mapping) -> pd.DataFrame:
     """One row per ROAD curve point: variant, method, order, fraction, accuracy."""
-    files = {(v, m): paths.road_result(config, v, m)
-             for v in config["variants"] for m in config["roar"]["methods"]}
+    files = {(j["variant"], j["method"]): paths.road_result(config, **j)
+             for j in jobs(STAGES["road"], config)}
     results = _read_all(files, "road")
     return pd.DataFrame([{"variant": v, "method": m, "order": row["order"],
                           "fraction": row["fraction"], "accuracy": row["accuracy"]}
@@ -123,9 +124,11 @@ def road_scores(road: pd.DataFrame) -> pd.DataFrame:
 
 
 def ranking_agreement(scores: pd.DataFrame, road: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: Spearman correlation between the ROAR and ROAD scores over methods."""
+    """Per variant: Spearman correlation between the ROAR and ROAD scores over the
+    configured methods (the oracle maps of the metric validation left out)."""
     joined = scores[scores["kind"] == "roar"].merge(road, on=["variant", "method"],
                                                     suffixes=("_roar", "_road"))
+    joined = joined[~joined["method"].isin(ORACLE_METHODS)]
     rows = []
     for variant, group in joined.groupby("variant", sort=True):
         rho = group["mean"].corr(group["score"], method="spearman") if len(group) > 1 else np.nan
@@ -153,8 +156,10 @@ def verdict(row: Mapping) -> str:
 
 
 def roar_verdicts(scores: pd.DataFrame) -> list[str]:
-    """One line per (variant, kind, non-random method): "<variant>: <verdict> (ROAR)"."""
-    rows = scores[scores["method"] != BASELINE].sort_values(["variant", "kind", "method"])
+    """One line per (variant, kind, attribution method): "<variant>: <verdict> (ROAR)";
+    random and the oracle maps are references, not methods, and get no line."""
+    rows = (scores[~scores["method"].isin(REFERENCE_METHODS)]
+            .sort_values(["variant", "kind", "method"]))
     return [f"{row['variant']}: {verdict(row)} ({row['kind'].upper()})" for _, row in rows.iterrows()]
 
 
@@ -166,7 +171,7 @@ def verdict_text(scores: pd.DataFrame, agreement: pd.DataFrame | None) -> str:
     for variant, group in scores.groupby("variant", sort=True):
         lines += [f"## {variant}", ""]
         for kind, kind_rows in group.groupby("kind", sort=True):
-            for _, row in kind_rows[kind_rows["method"] != BASELINE].iterrows():
+            for _, row in kind_rows[~kind_rows["method"].isin(REFERENCE_METHODS)].iterrows():
                 lines.append(f"- {verdict(row)} ({kind.upper()})")
         if agreement is not None:
             match = agreement[agreement["variant"] == variant]
@@ -180,19 +185,27 @@ def verdict_text(scores: pd.DataFrame, agreement: pd.DataFrame | None) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(table: pd.DataFrame, kind: str, variant: str, path: Path) -> None:
-    """Accuracy vs fraction, one line per method, random dashed, ±std shaded."""
+FRACTION_LABELS = {("roar", "removed"): "fraction of pixels removed (most relevant first)",
+                   ("roar", "kept"): "fraction of pixels removed (most relevant first)",
+                   ("kar", "removed"): "fraction of pixels removed (least relevant first)",
+                   ("kar", "kept"): "fraction of pixels kept (most relevant)"}
+"""x-axis of a curve per (kind, ``roar.kar_fraction``)."""
+
+
+def plot_curves(table: pd.DataFrame, kind: str, variant: str, path: Path,
+                kar_fraction: str = "removed") -> None:
+    """Accuracy vs fraction, one line per method, random dashed, the oracle maps (metric
+    validation) dotted, ±std shaded."""
     rows = table[(table["kind"] == kind) & (table["variant"] == variant)]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for method, curve in rows.groupby("method", sort=True):
         curve = curve.sort_values("fraction")
         std = curve["std"].fillna(0.0)
-        style = "--" if method == BASELINE else "-"
+        style = "--" if method == BASELINE else ":" if method in ORACLE_METHODS else "-"
         line, = ax.plot(curve["fraction"], curve["mean"], style, marker="o", label=method)
         ax.fill_between(curve["fraction"], curve["mean"] - std, curve["mean"] + std,
                         color=line.get_color(), alpha=0.15)
-    action = "removed" if kind == "roar" else "kept"
-    ax.set(xlabel=f"fraction of pixels {action}", ylabel="val accuracy (retrained)",
+    ax.set(xlabel=FRACTION_LABELS[kind, kar_fraction], ylabel="test accuracy (retrained)",
            title=f"{kind.upper()} - {variant}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -203,8 +216,9 @@ def plot_curves(table: pd.DataFrame, kind: str, variant: str, path: Path) -> Non
 
 def write_summary(config: Mapping) -> Path:
     """Read every result of the grid and write ``paths.roar_summary_dir`` atomically:
-    ``roar_table.csv``, ``roar_scores.csv``, ``curves_<kind>_<variant>.png``, ``summary.md``
-    and, when ``roar.road``, ``road_table.csv``, ``road_scores.csv``, ``agreement.csv``."""
+    ``roar_runs.csv`` (one row per run), ``roar_table.csv``, ``roar_scores.csv``,
+    ``curves_<kind>_<variant>.png``, ``summary.md`` and, when ``roar.road``,
+    ``road_table.csv``, ``road_scores.csv``, ``agreement.csv``."""
     runs = collect_roar(config)
     road = collect_road(config) if config["roar"]["road"] else None
     table = accuracy_table(runs)
@@ -214,11 +228,13 @@ def write_summary(config: Mapping) -> Path:
     out = paths.roar_summary_dir(config)
     with atomic_path(out) as tmp:
         tmp.mkdir()
+        runs.to_csv(tmp / "roar_runs.csv", index=False)
         table.to_csv(tmp / "roar_table.csv", index=False)
         scores.to_csv(tmp / "roar_scores.csv", index=False)
         for kind in roar_kinds(config):
             for variant in config["variants"]:
-                plot_curves(table, kind, variant, tmp / f"curves_{kind}_{variant}.png")
+                plot_curves(table, kind, variant, tmp / f"curves_{kind}_{variant}.png",
+                            config["roar"]["kar_fraction"])
         if road is not None:
             road.to_csv(tmp / "road_table.csv", index=False)
             road_score.to_csv(tmp / "road_scores.csv", index=False)

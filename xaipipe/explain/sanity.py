@@ -7,7 +7,13 @@
   (torchvision's own initialisation, BatchNorm statistics reset too), seeded.
 * **Data randomisation**: a ResNet18 trained with the same settings on the variant's training
   images with randomly permuted labels (:func:`xaipipe.train.train_classifier`); its maps are
-  compared with the trained model's.
+  compared with the trained model's. The survey (§4.6): "The data randomization test randomly
+  shuffles the labels of the data and the model is trained on this"; Adebayo et al. train it
+  until it fits the shuffled labels, since only a model that has memorised them tells
+  whether a method depends on the image-label relation. Its own epoch count is
+  ``sanity.data_randomisation_epochs``; its accuracy on the shuffled training labels is
+  recorded (``shuffled_train_accuracy``), and below ``sanity.min_fit_accuracy`` the rows are
+  marked ``meaningful = False`` (the model did not fit, so the check says nothing).
 
 Similarity is Spearman's rank correlation (``scipy.stats.spearmanr``) of the flattened
 per-pixel maps, per image, of the *signed* map (per-channel attributions summed over channels)
@@ -38,7 +44,7 @@ from xaipipe.explain.figures import cascade_plot, saliency_grid
 from xaipipe.io import atomic_path
 from xaipipe.models import build_model, images_to_float, load_model
 from xaipipe.seeds import named_seed
-from xaipipe.train import train_classifier
+from xaipipe.train import accuracy, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,8 @@ CASCADE = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1")
 """Blocks in re-initialisation order (top to bottom), one cascade step each."""
 _BLOCK_MODULES = {"conv1": ("conv1", "bn1")}
 TABLE_COLUMNS = ("method", "test", "layer", "spearman_abs_mean", "spearman_abs_std",
-                 "spearman_signed_mean", "spearman_signed_std", "n_valid")
+                 "spearman_signed_mean", "spearman_signed_std", "n_valid",
+                 "shuffled_train_accuracy", "meaningful")
 
 
 def cascading_models(model: nn.Module, seed: int) -> Iterator[tuple[str, nn.Module]]:
@@ -78,7 +85,8 @@ def rank_correlations(reference: np.ndarray, other: np.ndarray) -> tuple[np.ndar
     return per_image(np.abs(reference), np.abs(other)), per_image(reference, other)
 
 
-def _row(method: str, test: str, layer: str, abs_rho: np.ndarray, signed_rho: np.ndarray) -> dict:
+def _row(method: str, test: str, layer: str, abs_rho: np.ndarray, signed_rho: np.ndarray,
+         **extra) -> dict:
     def stat(values: np.ndarray, fn) -> float:
         return float(fn(values)) if np.isfinite(values).any() else float("nan")
 
@@ -86,22 +94,23 @@ def _row(method: str, test: str, layer: str, abs_rho: np.ndarray, signed_rho: np
             "spearman_abs_mean": stat(abs_rho, np.nanmean), "spearman_abs_std": stat(abs_rho, np.nanstd),
             "spearman_signed_mean": stat(signed_rho, np.nanmean),
             "spearman_signed_std": stat(signed_rho, np.nanstd),
-            "n_valid": int(np.isfinite(abs_rho).sum())}
+            "n_valid": int(np.isfinite(abs_rho).sum()), "meaningful": True, **extra}
 
 
 class SignedMaps:
-    """Signed float32 maps of fixed images and targets for any model (same seed each time)."""
+    """Signed float32 maps of fixed images (a store subset: its masks and ids come along, so
+    the oracle maps work too) and targets, for any model (same seed each time)."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, settings: Mapping[str, Any],
+    def __init__(self, images: Split, targets: np.ndarray, settings: Mapping[str, Any],
                  device: torch.device, seed: int):
-        self.split = Split(images=images, masks=np.zeros((len(images), *images.shape[2:]), np.uint8),
-                           labels=targets, meta={})
+        self.split = Split(images=images.images, masks=images.masks, labels=targets,
+                           meta={"ids": images.ids})
         self.settings = {**settings, "channel_reduce": "sum", "target": "label"}
         self.device, self.seed = device, seed
 
     def __call__(self, model: nn.Module, method: str) -> np.ndarray:
         return attribute_split(model, self.split, method, self.settings, device=self.device,
-                               seed=self.seed, dtype=np.float32)
+                               seed=self.seed)
 
 
 def cascading_randomisation(model: nn.Module, maps: SignedMaps, methods: Sequence[str],
@@ -118,12 +127,14 @@ def cascading_randomisation(model: nn.Module, maps: SignedMaps, methods: Sequenc
 
 
 def shuffled_label_model(train: Split, settings: Mapping[str, Any], *, num_classes: int,
-                         seed: int, device: torch.device) -> nn.Module:
-    """A ResNet18 trained on ``train`` with its labels randomly permuted (Adebayo et al. 3.2)."""
+                         seed: int, device: torch.device) -> tuple[nn.Module, float]:
+    """A ResNet18 trained on ``train`` with its labels randomly permuted (Adebayo et al. 3.2),
+    and its accuracy on those shuffled labels (un-augmented train images): how well it fits."""
     permuted = np.random.default_rng(seed).permutation(np.asarray(train.labels))
     shuffled = Split(images=train.images, masks=train.masks, labels=permuted, meta=train.meta)
-    return train_classifier(shuffled, settings, num_classes=num_classes, seed=seed, device=device,
-                            desc="random labels").model
+    model = train_classifier(shuffled, settings, num_classes=num_classes, seed=seed,
+                             device=device, desc="random labels").model
+    return model, accuracy(model, train.images, permuted, device)
 
 
 def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
@@ -141,26 +152,35 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
         train = read_split(paths.variant_split_dir(config, variant, "train"))
     seed = named_seed(config, f"sanity/{variant}")
     chosen = np.sort(np.random.default_rng(seed).permutation(len(val))[:options["num_images"]])
-    images = np.asarray(val.images[chosen])
+    subset = Split(images=np.asarray(val.images[chosen]), masks=np.asarray(val.masks[chosen]),
+                   labels=np.asarray(val.labels[chosen]), meta={"ids": [val.ids[i] for i in chosen]})
     with claim_device(config["device"]) as device:
         model = model.to(device)
         with torch.no_grad():
-            batch = images_to_float(torch.from_numpy(images).to(device))
-            targets = choose_targets(model, batch, torch.from_numpy(val.labels[chosen]).to(device),
+            batch = images_to_float(torch.from_numpy(subset.images).to(device))
+            targets = choose_targets(model, batch, torch.from_numpy(subset.labels).to(device),
                                      settings["target"]).cpu().numpy()
-        maps = SignedMaps(images, targets, settings, device, seed)
+        maps = SignedMaps(subset, targets, settings, device, seed)
         rows = cascading_randomisation(model, maps, options["methods"], seed)
         if train is not None:
             settings_rl = train_settings(config, variant, epochs=options["data_randomisation_epochs"])
-            shuffled = shuffled_label_model(train, settings_rl, num_classes=int(meta["num_classes"]),
-                                            seed=seed, device=device)
-            rows += [_row(m, "data", "random_labels", *rank_correlations(maps(model, m), maps(shuffled, m)))
+            shuffled, fit = shuffled_label_model(train, settings_rl, device=device, seed=seed,
+                                                 num_classes=int(meta["num_classes"]))
+            meaningful = fit >= options["min_fit_accuracy"]
+            if not meaningful:
+                log.warning("data randomisation of %s is not meaningful: the shuffled-label model "
+                            "fits %.3f of its labels after %d epochs (< sanity.min_fit_accuracy "
+                            "%.2f); raise sanity.data_randomisation_epochs", variant, fit,
+                            settings_rl["epochs"], options["min_fit_accuracy"])
+            rows += [_row(m, "data", "random_labels",
+                          *rank_correlations(maps(model, m), maps(shuffled, m)),
+                          shuffled_train_accuracy=fit, meaningful=meaningful)
                      for m in options["methods"]]
-        shown = Split(images=np.asarray(val.images[:settings["saliency_figure_images"]]),
-                      masks=np.asarray(val.masks[:settings["saliency_figure_images"]]),
-                      labels=np.asarray(val.labels[:settings["saliency_figure_images"]]), meta={})
-        figure_maps = {m: attribute_split(model, shown, m, settings, device=device, seed=seed,
-                                          dtype=np.float32) for m in settings["methods"]}
+        count = settings["saliency_figure_images"]
+        shown = Split(images=np.asarray(val.images[:count]), masks=np.asarray(val.masks[:count]),
+                      labels=np.asarray(val.labels[:count]), meta={"ids": val.ids[:count]})
+        figure_maps = {m: attribute_split(model, shown, m, settings, device=device, seed=seed)
+                       for m in settings["methods"]}
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).sort_values("method", kind="stable")
     names = val.class_names
     titles = [names[int(c)] if int(c) < len(names) else str(int(c)) for c in shown.labels]

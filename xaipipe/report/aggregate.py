@@ -12,9 +12,13 @@ Tables (names are :data:`TABLES`):
   loss) with the paper's numbers beside ours, plus val_matched, foreground-only,
   background-only and chance accuracy (%).
 - ``confidence_gain``: SCG/CCG in the layout of the confidence-gain paper's Table 1: one row
-  per (variant, mask set), columns kernel (G_k, Z_k) x rho (25 %, 5 %) x (SCG, CCG), x 100.
+  per (variant, mask set, heat-map dilation), columns kernel (G_k, Z_k) x rho (25 %, 5 %) x
+  (SCG, CCG), x 100.
 - ``phi``: Kang et al. Table 1/2 layout: phi (Eq. 8) of F-TC and F-NTC, undesirable-pixel
-  ratio and background share per variant, with the paper's ResNet-18 row.
+  ratio and background share per variant, with the paper's ResNet-18 row when our definition
+  matches theirs (:func:`phi_comparability`), otherwise that row says why it is not comparable.
+- ``metric_validation``: every metric on the oracle maps and random
+  (:mod:`xaipipe.report.validation`).
 - ``localisation``, ``sanity``, ``roar_scores``, ``road_scores``, ``featvis_metrics``: the
   upstream tidy tables concatenated over variants.
 """
@@ -31,8 +35,10 @@ import numpy as np
 import pandas as pd
 
 from xaipipe import paths
+from xaipipe.config import validation_variants
 from xaipipe.errors import DataError
 from xaipipe.io import atomic_path
+from xaipipe.report import validation
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +56,30 @@ PAPER_PHI = {  # Kang et al., ResNet-18 row of Table 1 (phi) and Table 2 (ratio)
 PAPER_ROW = "ResNet-18 (Kang et al., paper)"
 
 TABLE1_COLUMNS = ["variant", "train_acc", "val_acc", "loss", "paper_train_acc", "paper_val_acc",
-                  "paper_loss", "val_matched_acc", "fg_only_acc", "bg_only_acc", "chance_acc",
-                  "epochs", "seed"]
+                  "paper_loss", "val_matched_acc", "fg_only_acc", "bg_only_acc", "bg_only_fill",
+                  "chance_acc", "epochs", "seed"]
 METRIC_KEYS = {  # metrics.json key -> table1 column (accuracies converted to %)
     "train_accuracy": "train_acc", "val_accuracy": "val_acc", "loss": "loss",
     "val_matched_accuracy": "val_matched_acc", "fg_only_val_accuracy": "fg_only_acc",
-    "bg_only_val_accuracy": "bg_only_acc", "chance_accuracy": "chance_acc",
+    "bg_only_val_accuracy": "bg_only_acc", "bg_only_fill": "bg_only_fill",
+    "chance_accuracy": "chance_acc",
     "epochs": "epochs", "seed": "seed",
 }
 PHI_METHODS = {"ftc": "ftc", "fntc": "fntc"}
 PHI_COLUMNS = ["variant", "phi_ftc", "phi_fntc", "ratio_ftc", "ratio_fntc",
-               "background_share_ftc", "background_share_fntc", "num_images"]
+               "background_share_ftc", "background_share_fntc", "num_images", "note"]
+PAPER_PHI_DEFINITION = {"target_class": "predicted", "reg_reduction": "sum"}
+"""Kang et al.'s definition: phi of h, the top predicted class (Eq. 8), with R_M summed over
+the mask as Eq. 3 writes it."""
 KERNEL_LABELS = {"gaussian": "G_k", "zero": "Z_k"}
-CG_REQUIRED = ["variant", "mask", "kind", "rho", "kernel", "scg_mean", "ccg_mean"]
+
+
+def gain_setting(kernel: str, rho: float) -> str:
+    """``G_k rho=25%``: how the SCG/CCG tables name a (base kernel, rho) setting."""
+    return f"{KERNEL_LABELS.get(kernel, kernel)} rho={100 * rho:g}%"
+
+
+CG_REQUIRED = ["variant", "mask", "dilation", "kind", "rho", "kernel", "scg_mean", "ccg_mean"]
 LOCALISATION_COLUMNS = ["variant", "subject", "metric", "mean", "std", "n", "excluded"]
 ROAR_SCORE_COLUMNS = ["kind", "variant", "method", "mean", "std", "n"]
 ROAD_SCORE_COLUMNS = ["variant", "method", "score"]
@@ -70,8 +87,8 @@ FEATVIS_COLUMNS = ["variant", "judge", "metric", "mean", "std", "n"]
 SANITY_COLUMNS = ["variant", "file"]
 SOURCE_COLUMNS = ["table", "path", "status"]
 
-TABLES = ("table1", "confidence_gain", "phi", "localisation", "sanity", "roar_scores",
-          "road_scores", "featvis_metrics", "sources")
+TABLES = ("table1", "confidence_gain", "phi", "metric_validation", "localisation", "sanity",
+          "roar_scores", "road_scores", "featvis_metrics", "sources")
 
 
 @dataclass
@@ -144,23 +161,25 @@ def table1(config: Mapping, sources: Sources) -> pd.DataFrame:
 
 def confidence_gain_wide(long: pd.DataFrame) -> pd.DataFrame:
     """The confidence-gain paper's Table 1 layout from the stage's tidy table: one row per
-    (variant, mask set); columns ``<kernel> rho=<p>% <SCG|CCG>`` ordered G_k, Z_k, then
-    rho descending (25 % before 5 %), values x 100."""
+    (variant, mask set, heat-map dilation); columns ``<kernel> rho=<p>% <SCG|CCG>`` ordered
+    G_k, Z_k, then rho descending (25 % before 5 %), values x 100."""
+    index = ["variant", "mask", "dilation", "kind"]
     if long.empty:
-        return pd.DataFrame(columns=["variant", "mask", "kind"])
+        return pd.DataFrame(columns=index)
+    long = long.assign(dilation=long["dilation"].astype(str))
     parts = []
     for metric in ("scg", "ccg"):
-        part = long[["variant", "mask", "kind", "kernel", "rho", f"{metric}_mean"]].rename(
+        part = long[[*index, "kernel", "rho", f"{metric}_mean"]].rename(
             columns={f"{metric}_mean": "value"})
         parts.append(part.assign(metric=metric.upper()))
     stacked = pd.concat(parts, ignore_index=True)
     stacked["value"] = 100.0 * stacked["value"]
-    wide = stacked.pivot_table(index=["variant", "mask", "kind"], columns=["kernel", "rho", "metric"],
+    wide = stacked.pivot_table(index=index, columns=["kernel", "rho", "metric"],
                                values="value", aggfunc="first", sort=False)
     order = sorted(wide.columns, key=lambda c: (list(KERNEL_LABELS).index(c[0])
                                                 if c[0] in KERNEL_LABELS else 99, -c[1], c[2]))
     wide = wide[order]
-    wide.columns = [f"{KERNEL_LABELS.get(k, k)} rho={100 * r:g}% {m}" for k, r, m in order]
+    wide.columns = [f"{gain_setting(k, r)} {m}" for k, r, m in order]
     wide = wide.reset_index()
     variant_order = {v: i for i, v in enumerate(dict.fromkeys(long["variant"]))}
     mask_order = {m: i for i, m in enumerate(dict.fromkeys(long["mask"]))}
@@ -180,16 +199,34 @@ def confidence_gain(config: Mapping, sources: Sources) -> pd.DataFrame:
     return confidence_gain_wide(_concat(frames, CG_REQUIRED))
 
 
+def phi_comparability(settings: Mapping) -> str:
+    """Why our phi cannot sit beside Kang et al.'s ResNet-18 row ('' when it can): the
+    definition must match (:data:`PAPER_PHI_DEFINITION`: the target class of Eq. 8 and the
+    scale of R_M). Dataset and model still differ (ImageNet-trained ResNet-18 there), which
+    the report says beside the row."""
+    reasons = []
+    if settings.get("target_class") != PAPER_PHI_DEFINITION["target_class"]:
+        reasons.append(f"target_class {settings.get('target_class')} (Eq. 8 uses h, the top "
+                       "predicted class)")
+    if settings.get("reg_reduction") != PAPER_PHI_DEFINITION["reg_reduction"]:
+        reasons.append(f"reg_reduction {settings.get('reg_reduction')} (Eq. 3 sums R_M over "
+                       "the mask)")
+    return "; ".join(reasons)
+
+
 def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
     """Kang et al. Table 1 (phi) / Table 2 (undesirable ratio) per variant, plus background
-    share, and the paper's ResNet-18 row last."""
-    rows = []
+    share, and the paper's ResNet-18 row last: with its numbers when every variant's phi
+    follows the paper's definition, otherwise as "not comparable" with the reason in
+    ``note``."""
+    rows, reasons = [], set()
     for variant in config["variants"]:
         path = paths.undesirable_dir(config, variant) / "results.json"
         results = read_json_if_present(path, ["methods"])
         sources.note("phi", path, results is not None)
         if results is None:
             continue
+        reasons.add(phi_comparability(results.get("settings", {})))
         row = {"variant": variant, "num_images": results.get("num_images")}
         for method in PHI_METHODS:
             numbers = results["methods"].get(method)
@@ -201,7 +238,13 @@ def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
             row[f"ratio_{method}"] = numbers.get("undesirable_ratio")
             row[f"background_share_{method}"] = numbers.get("background_share")
         rows.append(row)
-    rows.append({"variant": PAPER_ROW, **PAPER_PHI})
+    reasons.discard("")
+    if reasons:
+        rows.append({"variant": PAPER_ROW, "note": "not comparable: ours uses "
+                     + "; ".join(sorted(reasons))})
+    else:
+        rows.append({"variant": PAPER_ROW, **PAPER_PHI,
+                     "note": "same definition; ImageNet and an ImageNet-trained ResNet-18 there"})
     return pd.DataFrame(rows, columns=PHI_COLUMNS)
 
 
@@ -237,6 +280,28 @@ def single_csv(sources: Sources, name: str, path: Path, required: list[str]) -> 
     return frame if frame is not None else pd.DataFrame(columns=required)
 
 
+def metric_validation(config: Mapping, sources: Sources) -> pd.DataFrame:
+    """:func:`xaipipe.report.validation.validation_table` of the oracle runs in
+    ``roar_summary`` and the ``metric_validation`` stage tables."""
+    variants = validation_variants(config)
+    roar_dir = paths.roar_summary_dir(config)
+    frames = []
+    for variant in variants:
+        path = paths.metric_validation_table(config, variant)
+        frame = read_csv_if_present(path, validation.STAGE_COLUMNS)
+        sources.note("metric_validation", path, frame is not None)
+        if frame is not None:
+            frames.append(frame)
+    runs = single_csv(sources, "metric_validation", roar_dir / "roar_runs.csv",
+                      validation.ROAR_RUN_COLUMNS)
+    road = (single_csv(sources, "metric_validation", roar_dir / "road_scores.csv",
+                       validation.ROAD_MEAN_COLUMNS) if config["roar"]["road"]
+            else pd.DataFrame(columns=validation.ROAD_MEAN_COLUMNS))
+    return validation.validation_table(
+        roar_runs=runs, road_scores=road, stage_tables=_concat(frames, validation.STAGE_COLUMNS),
+        variants=variants)
+
+
 def aggregate_tables(config: Mapping) -> dict[str, pd.DataFrame]:
     """Read every upstream output and return the report tables (:data:`TABLES`) in memory."""
     sources = Sources()
@@ -245,6 +310,7 @@ def aggregate_tables(config: Mapping) -> dict[str, pd.DataFrame]:
         "table1": table1(config, sources),
         "confidence_gain": confidence_gain(config, sources),
         "phi": phi_table(config, sources),
+        "metric_validation": metric_validation(config, sources),
         "localisation": per_variant_csv(config, sources, "localisation", paths.localisation_table,
                                         LOCALISATION_COLUMNS),
         "sanity": sanity_table(config, sources),

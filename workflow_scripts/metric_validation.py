@@ -1,0 +1,24 @@
+"""SCG/CCG, energy in mask and pointing game of the oracle maps (oracle_object,
+oracle_background) and random on one validation variant's model:
+results/evaluate/metrics/<variant>/metric_validation.csv
+(see xaipipe.evaluate.metric_validation and docs/metrics.md, "Metric validation").
+
+    python workflow_scripts/metric_validation.py --config config.yaml [config/demo.yaml] --variant black
+"""
+
+import sys
+
+from xaipipe.cli import run_stage, stage_parser
+from xaipipe.data.variants import VARIANTS
+from xaipipe.evaluate.metric_validation import run_metric_validation
+
+
+def main(args, config):
+    run_metric_validation(config, args.variant)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, choices=VARIANTS,
+                        help="a variant of metric_validation.variants")
+    sys.exit(run_stage(main, parser))
