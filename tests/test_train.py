@@ -4,6 +4,7 @@ kill-and-resume equality, checkpoint handling, pretrained init and the train sta
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,6 +292,32 @@ def test_pretrained_from_local_file_replaces_fc(tmp_path):
     model = initial_model(3, str(path), seed=0)
     assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
     assert model.backbone.fc.out_features == 3
+
+
+def test_hub_dir_and_imagenet_url_match_torch_and_torchvision(tmp_path, monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    from xaipipe.pretrained import IMAGENET_URL, hub_dir
+
+    assert IMAGENET_URL == ResNet18_Weights.IMAGENET1K_V1.url
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert hub_dir() == Path(torch.hub.get_dir())
+
+
+def test_pretrained_imagenet_offline_fails_config_validation(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from xaipipe.config import validate_config
+    with pytest.raises(ConfigError, match=r"resnet18-f37072fd\.pth.*never downloads"):
+        validate_config({"train": {"pretrained": "imagenet"}})
+    with pytest.raises(ConfigError, match=r"train_overrides\.black: .*missing\.pth does not exist"):
+        validate_config({"train_overrides": {"black": {"pretrained": str(tmp_path / "missing.pth")}}})
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"")
+    assert validate_config({"train": {"pretrained": "imagenet"}})["train"]["pretrained"] == "imagenet"
 
 
 def test_pretrained_imagenet_offline_says_where_to_put_weights(tmp_path, monkeypatch):

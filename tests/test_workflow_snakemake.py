@@ -86,6 +86,22 @@ def test_invalid_config_stops_before_any_job(done):
     assert "resolution" in out.stdout + out.stderr
 
 
+def test_pretrained_imagenet_without_cached_weights_stops_before_any_job(done, tmp_path,
+                                                                          monkeypatch):
+    """The weights are checked at config validation, not in the train stage after the data
+    stages: a fresh DAG (--forceall) starts no job and the message names the file and fix."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    overlay = done / "config" / "imagenet.yaml"
+    overlay.write_text("train:\n  pretrained: imagenet\n")
+    before = fake_runs(done)
+    out = snakemake(["--cores", "2", "--forceall", *CI, "config/imagenet.yaml"], done,
+                    check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and fake_runs(done) == before  # nothing ran, not even the data
+    assert str(tmp_path / "empty-torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in text
+    assert "never downloads" in text and "TORCH_HOME" in text
+
+
 def test_gpu_resource_caps_concurrent_gpu_jobs(done, monkeypatch):
     monkeypatch.setenv("XAIPIPE_FAKE_GPU_SECONDS", "1.5")
     (done / "results" / "gpu_concurrency.log").unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from xaipipe.errors import ConfigError
+from xaipipe.pretrained import check_pretrained
 
 SCHEMA_PATH = Path(str(resources.files("xaipipe") / "schema" / "config.schema.yaml"))
 
@@ -76,6 +77,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
             + f"\n(schema: {SCHEMA_PATH})"
         )
     _check_cross_field(config, source)
+    check_pretrained(config)
     return config
 
 

@@ -40,6 +40,7 @@ from xaipipe.augment import random_resized_crop_flip
 from xaipipe.data.store import Split
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.models import build_model, images_to_float
+from xaipipe.pretrained import weights_file
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +138,6 @@ def lr_factor(epoch: int, settings: Mapping[str, Any]) -> float:
 
 # --- model initialisation -----------------------------------------------------------------
 
-def _imagenet_weights_file() -> Path:
-    from torchvision.models import ResNet18_Weights
-
-    url = ResNet18_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
 def initial_model(num_classes: int, pretrained: str, seed: int) -> nn.Module:
     """A ResNet18 classifier: random init under ``torch.manual_seed(seed)``, or with the
     backbone loaded from ``pretrained`` (``imagenet`` = torchvision's IMAGENET1K_V1 from the
@@ -151,21 +145,9 @@ def initial_model(num_classes: int, pretrained: str, seed: int) -> nn.Module:
     an xaipipe model file). The final ``fc`` layer is always fresh (``num_classes`` outputs)."""
     torch.manual_seed(seed)
     model = build_model(num_classes)
-    if pretrained == "none":
+    path = weights_file(pretrained)
+    if path is None:
         return model
-    if pretrained == "imagenet":
-        path = _imagenet_weights_file()
-        if not path.is_file():
-            raise ConfigError(
-                f"train.pretrained: imagenet needs torchvision's ResNet18 weights at {path} "
-                "(this pipeline never downloads at run time). Copy resnet18-f37072fd.pth from "
-                "https://download.pytorch.org/models/ there (or set TORCH_HOME), or set "
-                "train.pretrained to the path of a local weights file, or to none")
-    else:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise ConfigError(f"train.pretrained: weights file {path} does not exist; give an "
-                              "existing ResNet18 state dict, 'imagenet' or 'none'")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         state = blob["state_dict"] if "state_dict" in blob else blob
