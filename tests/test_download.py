@@ -184,13 +184,43 @@ def test_dropped_connection_resumes(make_config, serve, payload):
     assert paths.dataset_manifest(config).is_file()
 
 
-def test_giving_up_keeps_part_for_a_later_resume(tmp_path, serve, payload):
+def test_no_byte_ever_received_names_no_part_file_and_suggests_voc_root(tmp_path, serve, payload,
+                                                                        caplog):
+    """Offline: the server hangs up before sending anything. Nothing was interrupted, there
+    is nothing to resume and no .part file, so the message says so and names the way out."""
     server = serve(payload, drop_after=0, always_drop=True)
     dest = tmp_path / ARCHIVE
-    with pytest.raises(DataError, match="failed 3 times in a row.*rerun resumes"):
+    with pytest.raises(DataError, match="received no data") as info:
         fetch(server.url, dest, md5(payload), retries=2, backoff_s=0)
+    message = str(info.value)
+    assert "dataset.voc_root" in message and ".part" not in message
+    assert "resum" not in message and "interrupted" not in message
+    assert not any("interrupted" in r.message or "resuming" in r.message for r in caplog.records)
     assert len(server.ranges) == 3
-    assert not dest.exists()
+    assert not dest.exists() and not dest.with_name(ARCHIVE + ".part").exists()
+
+
+def test_giving_up_after_some_data_keeps_part_for_a_later_resume(tmp_path, monkeypatch):
+    """The first request delivers 100 bytes and drops; later ones get nothing: the kept
+    bytes are named and a rerun resumes from them."""
+    from xaipipe.data import download
+
+    calls = []
+
+    def stream_once(url, part, timeout):
+        calls.append(part.stat().st_size if part.exists() else 0)
+        if len(calls) == 1:
+            part.write_bytes(b"x" * 100)
+            raise download._Dropped("connection closed after 100 of 1000 bytes")
+        raise ConnectionResetError("reset")
+
+    monkeypatch.setattr(download, "_stream_once", stream_once)
+    dest = tmp_path / ARCHIVE
+    with pytest.raises(DataError, match="failed 3 times in a row.*100 bytes are kept in .*"
+                                        r"\.part and a rerun resumes"):
+        fetch("http://127.0.0.1:9/x.tar", dest, "0" * 32, retries=2, backoff_s=0)
+    assert calls == [0, 100, 100, 100]
+    assert dest.with_name(ARCHIVE + ".part").stat().st_size == 100
 
 
 def test_wrong_md5_leaves_nothing_valid_looking(make_config, serve, payload):

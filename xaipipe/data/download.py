@@ -131,12 +131,24 @@ def fetch(url: str, dest: str | Path, md5: str, retries: int = 3, timeout: float
         except (_Dropped, *_NETWORK_ERRORS) as exc:
             after = part.stat().st_size if part.exists() else 0
             failures = 0 if after > before else failures + 1
+            if after == 0:  # no byte ever arrived: nothing to resume, no .part worth naming
+                part.unlink(missing_ok=True)
             if failures > retries:
+                if after == 0:
+                    raise DataError(
+                        f"could not download {url}: {failures} attempts in a row received no "
+                        f"data ({exc}). Without network access, set dataset.voc_root to an "
+                        "existing VOCdevkit (the directory that contains VOC2012/)") from exc
                 raise DataError(
                     f"downloading {url} failed {failures} times in a row ({exc}); "
-                    f"{after} bytes are kept in {part} and a rerun resumes from there"
-                ) from exc
-            log.warning("download of %s interrupted (%s); resuming from byte %d", url, exc, after)
+                    f"{after} bytes are kept in {part} and a rerun resumes from there, or set "
+                    "dataset.voc_root to an existing VOCdevkit") from exc
+            if after == 0:
+                log.warning("download of %s failed before any data arrived (%s); retrying",
+                            url, exc)
+            else:
+                log.warning("download of %s interrupted (%s); resuming from byte %d", url, exc,
+                            after)
             time.sleep(backoff_s * failures)
     actual = md5sum(part)
     if actual != md5:
