@@ -5,5 +5,6 @@
 
 stage_rule("confidence_gain")
 stage_rule("localisation")
+stage_rule("localisation_untrained")
 stage_rule("metric_validation")
 stage_rule("featvis_metrics")

@@ -14,7 +14,8 @@ import yaml
 from conftest import run_workflow_script
 from xaipipe import paths
 from xaipipe.evaluate.localisation import (
-    CHANCE, MODEL, energy_in_mask, localisation_rows, pointing_game, reliance_rows)
+    CHANCE, MAJORITY, MODEL, energy_in_mask, localisation_rows, pointing_game, reliance_rows,
+    run_untrained_localisation)
 from xaipipe.evaluate.removal import tie_orders
 from xaipipe.models import build_model, save_model
 
@@ -103,18 +104,24 @@ def test_background_reliance_on_hand_made_model():
     images = np.full((2, 3, 4, 4), 255, dtype=np.uint8)
     masks = np.zeros((2, 4, 4), dtype=np.uint8)
     masks[:, :1] = 1  # foreground = top row (25 %), background 75 %
-    split = Split(images=images, masks=masks, labels=np.array([1, 1]), meta={})
+    split = Split(images=images, masks=masks, labels=np.array([1, 1, 0][:2]),
+                  meta={"class_names": ["dark", "bright", "other"]})
     table = pd.DataFrame(reliance_rows("standard", MeanBrightness(), split, torch.device("cpu"), 8))
-    assert (table.subject == MODEL).all()
-    means = dict(zip(table.metric, table["mean"]))
+    model = table[table.subject == MODEL]
+    means = dict(zip(model.metric, model["mean"]))
     # full image bright -> 1; foreground only: mean 0.25 -> class 0; background only: 0.75 -> 1
     assert means == {"accuracy_full": 1.0, "accuracy_fg_only": 0.0, "accuracy_bg_only": 1.0}
+    # every accuracy beside what knows nothing: 1 / 3 classes, and always "bright" (2 of 2)
+    for subject, rate in ((CHANCE, 1 / 3), (MAJORITY, 1.0)):
+        rows = table[table.subject == subject]
+        assert sorted(rows.metric) == sorted(means) and np.allclose(rows["mean"], rate)
     # foreground = top 3 rows (75 %): a black hole leaves mean 0.25 -> class 0 (wrong), the
     # default imputation fills it from the bright background -> mean 1 -> class 1 (right)
     masks[:, :3] = 1
     for fill, expected in (("black", 0.0), ("impute", 1.0)):
         rows = reliance_rows("standard", MeanBrightness(), split, torch.device("cpu"), 8, fill)
-        assert {r["metric"]: r["mean"] for r in rows}["accuracy_bg_only"] == expected
+        assert {r["metric"]: r["mean"] for r in rows if r["subject"] == MODEL}[
+            "accuracy_bg_only"] == expected
 
 
 def stage_config(make_config, tmp_path) -> tuple[dict, str]:
@@ -151,3 +158,26 @@ def test_stage_missing_model_exits_1_without_output(make_config, fake_variant_st
     err = capsys.readouterr().err
     assert str(paths.model_weights(config, "noise")) in err and "train stage" in err
     assert not paths.metrics_dir(config, "noise").exists()
+
+
+def test_untrained_stage_scores_an_untrained_models_maps(make_config, fake_variant_store,
+                                                          tmp_path):
+    config, config_file = stage_config(make_config, tmp_path)
+    fake_variant_store(config, "standard", {"val": 6})
+    assert run_workflow_script("localisation_untrained", ["--config", config_file]) == 0
+    table = pd.read_csv(paths.untrained_localisation_table(config))
+    assert set(table["variant"]) == {"untrained"}
+    # random is a reference map, not the untrained model's explanation
+    assert set(table["subject"]) == {"gradient", CHANCE}
+    gradient = table[(table.subject == "gradient") & (table.metric == "energy_in_mask")]
+    assert 0 <= gradient["mean"].iloc[0] <= 1 and gradient["n"].iloc[0] == 6
+    again = run_untrained_localisation(config)  # seeded: the same numbers
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), table, check_dtype=False)
+
+
+def test_untrained_stage_without_the_standard_store_exits_1(make_config, tmp_path, capsys):
+    config, config_file = stage_config(make_config, tmp_path)
+    assert run_workflow_script("localisation_untrained", ["--config", config_file]) == 1
+    err = capsys.readouterr().err
+    assert "tensor store" in err and "variant stage" in err
+    assert not paths.untrained_localisation_table(config).exists()

@@ -23,7 +23,7 @@ from xaipipe.evaluate.roar_summary import plot_curves
 from xaipipe.io import save_npy, write_json
 from xaipipe.report.aggregate import (NOT_AVAILABLE, PAPER_ROW, aggregate_tables,
                                       confidence_gain_wide, run_aggregate)
-from xaipipe.report.build import run_report
+from xaipipe.report.build import gain_display, run_report
 from xaipipe.report.findings import METRICS, best_variant, findings
 from xaipipe.report.html import PNG_SIGNATURE
 from xaipipe.train_stage import plot_learning_curve
@@ -46,12 +46,10 @@ def pristine_outputs(tmp_path_factory):
     for k, variant in enumerate(VARIANTS):
         val = fake_split(n=4, size=SIZE, variant=variant, split="val")
         write_split(paths.variant_split_dir(config, variant, "val"), val)
-        write_json(paths.model_metrics(config, variant), {
-            "train_accuracy": 0.9 + 0.05 * k, "val_accuracy": 0.8, "val_matched_accuracy": 0.7,
-            "loss": 0.1, "fg_only_val_accuracy": 0.6, "bg_only_val_accuracy": 0.5 - 0.25 * k,
-            "bg_only_fill": "impute", "chance_accuracy": 0.25, "epochs": 2, "seed": 0})
-        plot_learning_curve([{"epoch": 1, "loss": 1.0, "val_acc": 0.5}], 0.25,
+        write_json(paths.model_metrics(config, variant), healthy_metrics(k))
+        plot_learning_curve([{"epoch": 1, "loss": 1.0, "val_acc": 0.5}], 0.25, 0.3,
                             paths.model_curve(config, variant), variant)
+        save_npy(paths.model_predictions(config, variant), val.labels[::-1].copy())
         maps = {}
         for method in METHODS:
             maps[method] = rng.random((4, SIZE, SIZE)).astype(np.float16)
@@ -73,7 +71,8 @@ def pristine_outputs(tmp_path_factory):
         write_json(paths.undesirable_dir(config, variant) / "results.json", {
             "variant": variant, "num_images": 4, "settings": dict(config["undesirable"]),
             "methods": {
-                m: {"phi": 40.0 + k, "undesirable_ratio": 0.03, "background_share": 0.8 - 0.3 * k}
+                m: {"phi": 40.0 + k, "undesirable_ratio": 0.03, "background_share": 0.6 - 0.3 * k,
+                    "background_fraction": 0.7}
                 for m in ("ftc", "fntc")}})
     write_validation_outputs(config)
     roar_dir = paths.roar_summary_dir(config)
@@ -86,6 +85,15 @@ def pristine_outputs(tmp_path_factory):
     pd.DataFrame([{"variant": v, "judge": "own", "metric": "recognisability", "mean": 0.5, "std": 0.1, "n": 4}
                   for v in VARIANTS]).to_csv(paths.featvis_metrics_table(config), index=False)
     return config
+
+
+def healthy_metrics(k: int) -> dict:
+    """metrics.json of variant number ``k``: val accuracy 0.8 on 200 images, far above the
+    majority-class rate 0.3."""
+    return {"train_accuracy": 0.9 + 0.05 * k, "val_accuracy": 0.8, "val_matched_accuracy": 0.7,
+            "loss": 0.1, "fg_only_val_accuracy": 0.6, "bg_only_val_accuracy": 0.5 - 0.25 * k,
+            "bg_only_fill": "impute", "chance_accuracy": 0.25, "majority_accuracy": 0.3,
+            "num_val_images": 200, "epochs": 2, "seed": 0}
 
 
 VALIDATION = {"oracle_object": 0.9, "random": 0.5, "oracle_background": 0.1}
@@ -162,6 +170,50 @@ def test_table1_has_paper_numbers_and_percent(stage_outputs):
     assert table.loc["black", ["paper_train_acc", "paper_val_acc", "paper_loss"]].tolist() == [99.62, 83.55, 0.002]
 
 
+def test_models_at_the_majority_rate_get_a_warning_no_winners_and_their_baselines(stage_outputs):
+    """Every model at the majority-class rate (0.3 of 200 val images: what always answering
+    the commonest class scores): the report warns at the top, marks the rows not
+    interpretable, names no winner, and shows the baselines beside the accuracies."""
+    config = stage_outputs
+    for k, variant in enumerate(VARIANTS):
+        write_json(paths.model_metrics(config, variant),
+                   {**healthy_metrics(k), "val_accuracy": 0.3})
+    tables = run_aggregate(config)
+    assert not tables["table1"]["interpretable"].any()
+    assert not tables["localisation"].query("variant in @VARIANTS")["interpretable"].any()
+    assert not tables["roar_scores"]["interpretable"].any()
+    run_report(config)
+    html = paths.report_html(config).read_text()
+    assert html.index("WARNING: 2 of 2 checks fail") < html.index("Findings</h2>")
+    assert "val accuracy 30.0 % on 200 images is not clearly above the majority-class rate 30.0 %" in html
+    lines = findings({name: pd.read_csv(paths.report_table(config, name))
+                      for name in ("table1", "localisation", "roar_scores", "confidence_gain",
+                                   "phi")})
+    assert lines and all(": no clear winner: " in line or line.endswith("not available.")
+                         for line in lines), lines
+    assert not any("is most object-focused" in line for line in lines)
+    table1 = pd.read_csv(paths.report_table(config, "table1"))
+    assert (table1["majority_acc"] == 30.0).all() and (table1["chance_acc"] == 25.0).all()
+    assert "majority_acc" in html and "chance_acc" in html
+
+
+def test_run_settings_head_the_report_and_sources(stage_outputs):
+    config = stage_outputs
+    files = _config_files(config)
+    assert run_workflow_script("aggregate", ["--config", *files]) == 0
+    run_report(config)
+    sources = pd.read_csv(paths.report_table(config, "sources"))
+    setting = dict(sources.query("table == 'run_settings'")[["path", "status"]].to_numpy())
+    assert setting["config files merged"] == " + ".join(files)
+    assert setting["dataset"] == "synthetic" and setting["resolution"] == "40 px (squash)"
+    assert setting["architecture"].startswith("ResNet18")
+    assert setting["pretrained start"] == "none" and setting["master seed"] == "0"
+    assert re.fullmatch(r"[0-9a-f]{40}( \+ uncommitted changes)?", setting["git commit"])
+    html = paths.report_html(config).read_text()
+    assert html.index("Run settings</h2>") < html.index("Model quality</h2>") < \
+        html.index("Metric validation</h2>") < html.index("Findings</h2>")
+
+
 def test_metric_validation_warns_when_a_metric_fails_the_ordering(stage_outputs):
     config = stage_outputs
     write_validation_outputs(config, {"oracle_object": 0.5, "random": 0.9, "oracle_background": 0.1})
@@ -198,22 +250,41 @@ def test_phi_paper_row_only_when_our_definition_matches(stage_outputs):
 
 def test_confidence_gain_layout_hand_computed():
     long = pd.DataFrame([{"variant": "v", "mask": "g", "dilation": "0", "kind": "single",
-                          "rho": rho, "kernel": kernel, "scg_mean": scg, "ccg_mean": scg / 2}
+                          "rho": rho, "kernel": kernel, "scg_mean": scg, "ccg_mean": scg / 2,
+                          "scg_std": 0.01, "ccg_std": 0.02, "n_scg": 7, "n_ccg": 6,
+                          "n_images": 9}
                          for (kernel, rho, scg) in (("zero", 0.05, 0.4), ("gaussian", 0.05, 0.2),
                                                     ("gaussian", 0.25, 0.1), ("zero", 0.25, 0.3))])
     wide = confidence_gain_wide(long)
-    assert list(wide.columns[4:]) == [
-        "G_k rho=25% CCG", "G_k rho=25% SCG", "G_k rho=5% CCG", "G_k rho=5% SCG",
-        "Z_k rho=25% CCG", "Z_k rho=25% SCG", "Z_k rho=5% CCG", "Z_k rho=5% SCG"]
+    cells = ["G_k rho=25% CCG", "G_k rho=25% SCG", "G_k rho=5% CCG", "G_k rho=5% SCG",
+             "Z_k rho=25% CCG", "Z_k rho=25% SCG", "Z_k rho=5% CCG", "Z_k rho=5% SCG"]
+    # every cell: the mean, then its spread, images kept and images excluded
+    assert list(wide.columns[4:]) == [f"{c}{d}" for c in cells
+                                      for d in ("", " std", " n", " excluded")]
     assert wide.loc[0, "Z_k rho=5% SCG"] == pytest.approx(40.0)
     assert wide.loc[0, "G_k rho=25% CCG"] == pytest.approx(5.0)
+    assert wide.loc[0, "G_k rho=25% CCG std"] == pytest.approx(2.0)
+    assert wide.loc[0, "G_k rho=25% CCG n"] == 6 and wide.loc[0, "G_k rho=25% CCG excluded"] == 3
+    shown = gain_display(wide)
+    assert shown.loc[0, "Z_k rho=5% SCG"] == "40.0 ± 1.0 (n 7, excl. 2)"
+    assert not any(c.endswith((" std", " n", " excluded")) for c in shown.columns)
+    # a pair and a dilated single: exactly the mask sets that exist, no invented combinations
+    more = pd.concat([long, long.assign(mask="g+h", dilation="5+0", kind="agreement"),
+                      long.assign(dilation="2", ccg_mean=np.nan)])
+    rows = confidence_gain_wide(more)[["mask", "dilation", "kind"]].to_numpy().tolist()
+    assert rows == [["g", "0", "single"], ["g", "2", "single"], ["g+h", "5+0", "agreement"]]
+    # an all-excluded cell (NaN) does not hide the SCG finding of the cells that have images
+    wide = confidence_gain_wide(pd.concat([long, long.assign(variant="w", scg_mean=np.where(
+        long["rho"] == 0.05, np.nan, long["scg_mean"]))]))
+    scg = next(m for m in METRICS if m.label == "SCG (Z_k base)")
+    assert set(scg.per_variant({"confidence_gain": wide})["value"].round(3)) == {35.0, 30.0}
 
 
 def test_findings_name_the_right_variant_on_hand_made_tables():
     tables = {
         "localisation": pd.DataFrame({"variant": ["a", "a", "b", "b", "b"],
                                       "subject": ["gradient", "random", "gradient", "random", "chance"],
-                                      "metric": ["energy_in_mask"] * 5, "mean": [0.6, 0.9, 0.7, 0.1, 0.95]}),
+                                      "metric": ["energy_in_mask"] * 5, "mean": [0.6, 0.9, 0.7, 0.1, 0.3]}),
         "table1": pd.DataFrame({"variant": ["a", "b"], "bg_only_acc": [30.0, 40.0]}),
         "roar_scores": pd.DataFrame({"kind": ["roar", "roar", "kar"], "variant": ["a", "b", "a"],
                                      "method": ["gradient"] * 3, "mean": [0.2, 0.1, 0.9], "std": [0.05, 0.01, 0]}),
@@ -243,9 +314,38 @@ def test_findings_name_the_right_variant_on_hand_made_tables():
     assert "filled from the surrounding background by linear imputation (impute)" in \
         bg_only.describe(tables)
     assert "black" not in bg_only.describe(tables)
-    assert "a 0.2 ± 0.05, b 0.1 ± 0.01" in lines[3]
+    assert "a 0.2 ± 0.05 (baseline 0), b 0.1 ± 0.01 (baseline 0)" in lines[3]
     assert lines[4].startswith("KAR score vs random: a is most object-focused") and "a 0.9 ± 0" in lines[4]
     assert lines[1] == "Pointing game: not available."
+
+
+def test_no_winner_from_ties_wrong_side_of_the_baseline_or_bad_models():
+    """Three ways a finding must not name a variant: the top two are within the spread, no
+    value beats its baseline, or the models are not interpretable."""
+    roar = pd.DataFrame({"kind": "roar", "variant": ["a", "b"], "method": "gradient",
+                         "mean": [0.20, 0.17], "std": [0.05, 0.05]})
+    tie = {"roar_scores": roar}
+    assert best_variant(METRICS[3], tie) is None
+    line = findings(tie)[3]
+    assert line.startswith("ROAR score vs random: no clear winner: a and b are within the spread")
+    assert "a 0.2 ± 0.05" in line and "b 0.17 ± 0.05" in line
+    exact = {"roar_scores": roar.assign(mean=[0.2, 0.2], std=np.nan)}
+    assert best_variant(METRICS[3], exact) is None  # a tie is not broken by table order
+    below = {"roar_scores": roar.assign(mean=[-0.2, -0.05], std=0.01)}
+    assert best_variant(METRICS[3], below) is None
+    assert "no interpretable variant beats its baseline" in findings(below)[3]
+    assert "b -0.05 ± 0.01 (not above its baseline 0)" in findings(below)[3]
+    energy = {"localisation": pd.DataFrame({
+        "variant": ["a", "b", "a", "b", "untrained"], "subject": ["gradient"] * 2 + ["chance"] * 2
+        + ["gradient"], "metric": "energy_in_mask", "mean": [0.42, 0.45, 0.355, 0.355, 0.40],
+        "std": 0.01, "n": 1000})}
+    # b beats chance (0.355) and the untrained model (0.40); a beats only chance
+    assert best_variant(METRICS[0], energy) == "b"
+    assert "a 0.42 ± 0.00032 (baseline 0.4)" in findings(energy)[0]
+    bad = {"roar_scores": roar.assign(mean=[0.5, 0.1], std=0.01, interpretable=False)}
+    assert best_variant(METRICS[3], bad) is None
+    assert "no variant's model is interpretable" in findings(bad)[3]
+    assert "a 0.5 ± 0.01 (model not interpretable)" in findings(bad)[3]
 
 
 def test_missing_optional_input_is_not_available(stage_outputs):

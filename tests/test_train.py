@@ -16,7 +16,7 @@ from torchvision.models import resnet18
 from conftest import fake_split, run_workflow_script
 from xaipipe import checkpoint, paths
 from xaipipe.augment import apply_affine, crop_flip_params
-from xaipipe.data.store import Split
+from xaipipe.data.store import Split, read_split
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.io import read_json
 from xaipipe.models import load_model
@@ -351,6 +351,13 @@ def test_stage_writes_model_metrics_history_and_curve(make_config, fake_variant_
     assert len(history) == 2 and "val_matched_acc" in history[0]
     assert paths.model_curve(config, "black").read_bytes()[:4] == b"\x89PNG"
     assert not (paths.checkpoint_dir(config, "black") / checkpoint.CHECKPOINT_FILE).exists()
+    # the val split's majority-class rate beside chance; the predictions behind val accuracy
+    val = read_split(paths.variant_split_dir(config, "black", "val"))
+    assert metrics["majority_accuracy"] == pytest.approx(
+        np.bincount(val.labels).max() / len(val.labels))
+    predictions = np.load(paths.model_predictions(config, "black"))
+    assert predictions.dtype == np.int64 and predictions.shape == (16,)
+    assert (predictions == val.labels).mean() == pytest.approx(metrics["val_accuracy"])
 
 
 def test_stage_script_missing_store_exits_1_naming_the_path(make_config, tmp_path, capsys):

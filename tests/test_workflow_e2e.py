@@ -28,21 +28,22 @@ FULL_TABLES = SLICE_TABLES + ["evaluate/metrics/black/confidence_gain.csv",
                               "report/table1.csv", "report/roar_scores.csv"]
 
 
-def train_metrics(work) -> dict:
+def train_metrics(work, results="results") -> dict:
     """black's training metrics without throughput/wall-clock entries, floats rounded to
     5 decimals (CPU float sums may differ in the last bits between runs)."""
-    metrics = json.loads((work / "results" / "models" / "black" / "metrics.json").read_text())
+    metrics = json.loads((work / results / "models" / "black" / "metrics.json").read_text())
     return {k: round(v, 5) if isinstance(v, float) else v
             for k, v in metrics.items()
             if not any(word in k for word in ("time", "second", "per_s", "device", "host"))}
 
 
-def assert_same_key_outputs(a, b, tables) -> None:
+def assert_same_key_outputs(a, b, tables, b_results="results") -> None:
     """Two runs' training metrics are equal and each of ``tables`` holds the same rows and
-    the same numbers (to 1e-5, like train_metrics' rounding)."""
-    assert train_metrics(a) == train_metrics(b)
+    the same numbers (to 1e-5, like train_metrics' rounding); run ``b`` wrote to
+    ``b_results``."""
+    assert train_metrics(a) == train_metrics(b, b_results)
     for rel in tables:
-        left, right = (pd.read_csv(w / "results" / rel) for w in (a, b))
+        left, right = pd.read_csv(a / "results" / rel), pd.read_csv(b / b_results / rel)
         pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-5, atol=1e-5,
                                       obj=rel)
 
@@ -89,35 +90,41 @@ def dvc(args, work, **kw):
 
 
 def test_dvc_repro_whole_dag_matches_snakemake(local_run, tmp_path):
+    """The preset runs through its own generated dvc.yaml (`--out`), beside the committed
+    one, which stays untouched; its outputs go to results/ci/."""
     work = copy_repo(tmp_path / "repo")
     run(["git", "init", "-q"], work)
-    generated = run([str(VENV_BIN / "python"), "-m", "xaipipe.pipeline", "dvc", "--config",
-                     "config.yaml", "config/ci.yaml", "tests/e2e/one-variant.yaml"], work).stdout
-    (work / "dvc.yaml").write_text(generated)
-    dvc(["repro"], work, timeout=900)
-    assert (work / "results" / "report" / "index.html").is_file()
-    assert_same_key_outputs(local_run, work, FULL_TABLES)
-    assert "Data and pipelines are up to date" in dvc(["status"], work).stdout
+    committed = (work / "dvc.yaml").read_text()
+    run([str(VENV_BIN / "python"), "-m", "xaipipe.pipeline", "dvc", "--config", "config.yaml",
+         "config/ci.yaml", "tests/e2e/one-variant.yaml", "--out", "config/dvc/ci"], work)
+    pipeline = "config/dvc/ci/dvc.yaml"
+    dvc(["repro", pipeline], work, timeout=900)
+    assert (work / "dvc.yaml").read_text() == committed
+    assert not (work / "results" / "report").exists()
+    assert (work / "results" / "ci" / "report" / "index.html").is_file()
+    assert_same_key_outputs(local_run, work, FULL_TABLES, "results/ci")
+    assert "Data and pipelines are up to date" in dvc(["status", pipeline], work).stdout
     # a second repro does nothing; a train param change reruns train and what follows only
-    second = dvc(["repro"], work).stdout
+    second = dvc(["repro", pipeline], work).stdout
     assert "Running stage" not in second and "didn't change, skipping" in second
     ci = work / "config" / "ci.yaml"
     original = ci.read_text()
     ci.write_text(original.replace("  epochs: 1\n  batch_size: 16", "  epochs: 1\n  batch_size: 8"))
-    rerun = dvc(["repro", "--dry", "localisation@black"], work).stdout
+    rerun = dvc(["repro", "--dry", f"{pipeline}:localisation@black"], work).stdout
     # (a dry run lists the stages whose own deps changed; later ones follow if outputs change)
-    assert "Running stage 'train@black'" in rerun
-    assert "Running stage 'variant@black'" not in rerun
-    assert "Running stage 'make_synthetic'" not in rerun
+    assert f"Running stage '{pipeline}:train@black'" in rerun
+    assert f"Running stage '{pipeline}:variant@black'" not in rerun
+    assert f"Running stage '{pipeline}:make_synthetic'" not in rerun
     ci.write_text(original)
     # push / pull of data and models through a local remote
     dvc(["remote", "add", "-d", "local", str(tmp_path / "remote")], work)
-    dvc(["push"], work)
-    shutil.rmtree(work / "results" / "models")
+    dvc(["push", pipeline], work)
+    shutil.rmtree(work / "results" / "ci" / "models")
     shutil.rmtree(work / ".dvc" / "cache")
-    dvc(["pull", "train@black"], work)
-    assert train_metrics(local_run) == train_metrics(work)
-    assert "Data and pipelines are up to date" in dvc(["status", "train@black"], work).stdout
+    dvc(["pull", f"{pipeline}:train@black"], work)
+    assert train_metrics(local_run) == train_metrics(work, "results/ci")
+    assert "Data and pipelines are up to date" in dvc(["status", f"{pipeline}:train@black"],
+                                                      work).stdout
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Join every stage's JSON/CSV into the report tables results/report/<name>.csv (Table I
-reproduction, SCG/CCG, phi, localisation, sanity, ROAR/KAR/ROAD scores, featvis metrics,
-sources); see xaipipe.report.aggregate. Missing optional inputs are "not available".
+reproduction, model quality, SCG/CCG, phi, metric validation, localisation, sanity,
+ROAR/KAR/ROAD scores, featvis metrics, sources and run settings); see
+xaipipe.report.aggregate. Missing optional inputs are "not available".
 
     python workflow_scripts/aggregate.py --config config.yaml [config/demo.yaml]
 """
@@ -12,7 +13,7 @@ from xaipipe.report.aggregate import run_aggregate
 
 
 def main(args, config):
-    run_aggregate(config)
+    run_aggregate(config, args.config)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,11 @@ def model_curve(config: Mapping, variant: str) -> Path:
     return model_dir(config, variant) / "learning_curve.png"
 
 
+def model_predictions(config: Mapping, variant: str) -> Path:
+    """int64 N: the model's predicted class of every unmodified val image (store row order)."""
+    return model_dir(config, variant) / "val_predictions.npy"
+
+
 def checkpoint_dir(config: Mapping, name: str) -> Path:
     """Resume checkpoints live outside every declared output, because Snakemake and DVC
     delete declared outputs before a job runs."""
@@ -137,6 +142,12 @@ def confidence_gain_table(config: Mapping, variant: str) -> Path:
 
 def localisation_table(config: Mapping, variant: str) -> Path:
     return metrics_dir(config, variant) / "localisation.csv"
+
+
+def untrained_localisation_table(config: Mapping) -> Path:
+    """Localisation of an untrained ResNet18's maps on the unmodified val images (the
+    baseline every variant's localisation is read against)."""
+    return results(config) / "evaluate" / "metrics" / "untrained" / "localisation.csv"
 
 
 def metric_validation_table(config: Mapping, variant: str) -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from xaipipe import paths
 from xaipipe.config import load_config, validation_variants
 from xaipipe.errors import ConfigError
 from xaipipe.explain.oracle import ORACLE_METHODS
+from xaipipe.io import write_text
 from xaipipe.report.aggregate import TABLES as REPORT_TABLES
 
 SCRIPTS_DIR = "workflow_scripts"
@@ -187,11 +189,13 @@ def _aggregate_inputs(config) -> dict:
     """Every per-stage number the aggregate stage joins into the report tables."""
     variants = config["variants"]
     return {
-        "metrics": [paths.model_metrics(config, v) for v in variants],
+        "metrics": [paths.model_metrics(config, v) for v in [*variants, paths.REFERENCE_MODEL]],
+        "store_summaries": [paths.variant_summary(config, v) for v in variants],
         "undesirable": [paths.undesirable_dir(config, v) for v in variants],
         "sanity": [paths.sanity_dir(config, v) for v in variants],
         "confidence_gain": [paths.confidence_gain_table(config, v) for v in variants],
         "localisation": [paths.localisation_table(config, v) for v in variants],
+        "untrained_localisation": paths.untrained_localisation_table(config),
         "roar_summary": paths.roar_summary_dir(config),
         "featvis_metrics": paths.featvis_metrics_table(config),
         "metric_validation": [paths.metric_validation_table(config, v)
@@ -206,6 +210,7 @@ def _report_inputs(config) -> dict:
         "tables": [paths.report_table(config, name) for name in REPORT_TABLES],
         "index": paths.index_table(config),
         "curves": [paths.model_curve(config, v) for v in variants],
+        "predictions": [paths.model_predictions(config, v) for v in variants],
         "featvis": [paths.featvis_dir(config, v) for v in variants],
         "maps": [paths.attribution_map(config, v, m, "val")
                  for v in variants for m in config["explain"]["methods"]],
@@ -250,7 +255,8 @@ STAGE_LIST: tuple[Stage, ...] = (
           outputs=lambda c, variant: {"weights": paths.model_weights(c, variant),
                                       "metrics": paths.model_metrics(c, variant),
                                       "history": paths.model_history(c, variant),
-                                      "curve": paths.model_curve(c, variant)},
+                                      "curve": paths.model_curve(c, variant),
+                                      "predictions": paths.model_predictions(c, variant)},
           inputs=lambda c, variant: _store(c, variant),
           params=("seed", "train", "train_overrides.{variant}"), gpu=True, threads=2, priority=1,
           mem_mb=16000, runtime=720, metrics=("metrics",), plots=("history", "curve"),
@@ -259,7 +265,8 @@ STAGE_LIST: tuple[Stage, ...] = (
           outputs=lambda c: {"weights": paths.model_weights(c, paths.REFERENCE_MODEL),
                              "metrics": paths.model_metrics(c, paths.REFERENCE_MODEL),
                              "history": paths.model_history(c, paths.REFERENCE_MODEL),
-                             "curve": paths.model_curve(c, paths.REFERENCE_MODEL)},
+                             "curve": paths.model_curve(c, paths.REFERENCE_MODEL),
+                             "predictions": paths.model_predictions(c, paths.REFERENCE_MODEL)},
           inputs=lambda c: _store(c, "standard"),
           params=("seed", "train", "train_overrides.standard"), gpu=True, threads=2, priority=1,
           mem_mb=16000, runtime=720),
@@ -318,6 +325,11 @@ STAGE_LIST: tuple[Stage, ...] = (
           inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
           params=("seed", "explain.methods", "localisation", "train.bg_only_fill",
                   "train_overrides.{variant}"), report=("table",)),
+    Stage("localisation_untrained", "metrics", "torch", (),
+          outputs=lambda c: {"table": paths.untrained_localisation_table(c)},
+          inputs=lambda c: _store(c, "standard"),
+          params=("seed", "explain", "localisation"), gpu=True, mem_mb=8000, runtime=240,
+          report=("table",)),
     Stage("metric_validation", "metrics", "torch", ("variant",),
           outputs=lambda c, variant: {"table": paths.metric_validation_table(c, variant)},
           inputs=lambda c, variant: {**_model_and_store(c, variant),
@@ -334,7 +346,9 @@ STAGE_LIST: tuple[Stage, ...] = (
           params=("variants", "featvis_metrics"), report=("table",)),
     Stage("aggregate", "report", "data", (),
           outputs=lambda c: {"tables": [paths.report_table(c, name) for name in REPORT_TABLES]},
-          inputs=lambda c: _aggregate_inputs(c), params=("variants",)),
+          inputs=lambda c: _aggregate_inputs(c),
+          params=("variants", "seed", "resolution", "dataset", "train.epochs", "train.pretrained",
+                  "train_overrides", "roar", "metric_validation", "report.quality_alpha")),
     Stage("report", "report", "data", (),
           outputs=lambda c: {"html": paths.report_html(c), "figures": paths.report_figures_dir(c)},
           inputs=lambda c: _report_inputs(c),
@@ -470,11 +484,11 @@ def _dvc_params(stage: Stage, configfiles: Sequence[str]) -> list:
 
 
 def _dvc_stage(stage: Stage, config: Mapping, configfiles: Sequence[str],
-               matrix: Mapping[str, list]) -> dict:
+               matrix: Mapping[str, list], wdir: str | None = None) -> dict:
     wc = {w: Placeholder(w, "${{item.{name}}}") for w in stage.wildcards}
     outs = stage.outputs(config, **wc)
     ins = stage.inputs(config, **wc)
-    entry: dict[str, Any] = {}
+    entry: dict[str, Any] = {"wdir": wdir} if wdir else {}
     if stage.wildcards:
         entry["matrix"] = dict(matrix)
     entry["cmd"] = shell_command(stage, configfiles, stage.threads, **wc)
@@ -490,32 +504,68 @@ def _dvc_stage(stage: Stage, config: Mapping, configfiles: Sequence[str],
     return entry
 
 
-def dvc_yaml(configfiles: Sequence[str]) -> str:
+def dvc_yaml(configfiles: Sequence[str], wdir: str | None = None) -> str:
     """``dvc.yaml`` for the merged ``configfiles``: every active stage, wildcards as a
     ``matrix``, the same command line as the Snakemake rule (without log redirection). A
     stage with several :func:`grids` (a DVC matrix is one product) becomes one DVC stage per
-    grid, ``<stage>_<grid>`` after the first, all running the same script."""
+    grid, ``<stage>_<grid>`` after the first, all running the same script. ``wdir`` (the
+    repository root, relative to where the file will live) is set on every stage when the
+    file is not written at the root."""
     config = load_config(configfiles)
     check_grid(config)
     stages = {}
     for name in active_stage_names(config):
         for suffix, matrix in grids(STAGES[name], config).items():
             stages[f"{name}_{suffix}" if suffix else name] = _dvc_stage(
-                STAGES[name], config, configfiles, matrix)
-    header = ("# Generated by `python -m xaipipe.pipeline dvc --config "
-              + " ".join(configfiles) + " > dvc.yaml` from the stage list in\n"
+                STAGES[name], config, configfiles, matrix, wdir)
+    command = "python -m xaipipe.pipeline dvc --config " + " ".join(configfiles)
+    header = ("# Generated by `" + command + (" --out <this directory>`" if wdir else " > dvc.yaml`")
+              + " from the stage list in\n"
               "# xaipipe/pipeline.py (the same one rules/*.smk use). Do not edit by hand;\n"
-              "# tests/test_workflow_dvc.py fails when this file is out of date.\n")
+              "# tests/test_workflow_dvc.py fails when the committed dvc.yaml is out of date.\n")
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
 
 
+DESCRIPTION = """Print dvc.yaml generated from the stage list, or write it for a preset.
+
+  python -m xaipipe.pipeline dvc --config config.yaml > dvc.yaml      # the committed file
+  python -m xaipipe.pipeline dvc --config config.yaml config/demo.yaml --out config/dvc/demo
+  dvc repro config/dvc/demo/dvc.yaml                                   # run the preset
+
+With --out the file goes to DIR/dvc.yaml (its dvc.lock beside it), every stage runs in the
+repository root (wdir), and DIR/results_dir.yaml, merged last, sends the preset's outputs to
+<results_dir>/<name of DIR>: DVC refuses two dvc.yaml files that declare the same output, so
+the preset must not write where the committed dvc.yaml does. DIR must not be git-ignored
+(DVC refuses such files; results/ is). Run the commands from the repository root, and give
+`dvc repro` the file: without a target DVC reproduces every dvc.yaml in the repository."""
+
+
+def write_preset(configfiles: Sequence[str], out: Path) -> Path:
+    """Write ``out/dvc.yaml`` and ``out/results_dir.yaml`` (see :data:`DESCRIPTION`)."""
+    results_dir = f"{load_config(configfiles)['results_dir']}/{out.resolve().name}"
+    overlay = out / "results_dir.yaml"
+    write_text(overlay, "# Generated with dvc.yaml beside it: this preset's outputs stay apart "
+               "from the committed dvc.yaml's.\n" + yaml.safe_dump({"results_dir": results_dir}))
+    files = [*configfiles, os.path.relpath(overlay)]
+    write_text(out / "dvc.yaml", dvc_yaml(files, wdir=os.path.relpath(".", out)))
+    print(f"wrote {out / 'dvc.yaml'} (outputs under {results_dir}/); "
+          f"run: dvc repro {out / 'dvc.yaml'}")
+    return out / "dvc.yaml"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print dvc.yaml generated from the stage list.")
+    parser = argparse.ArgumentParser(description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["dvc"])
-    parser.add_argument("--config", nargs="+", default=["config.yaml"], metavar="YAML")
+    parser.add_argument("--config", nargs="+", default=["config.yaml"], metavar="YAML",
+                        help="config files, merged in order (as --configfile)")
+    parser.add_argument("--out", metavar="DIR", help="write DIR/dvc.yaml instead of printing")
     args = parser.parse_args(argv)
     try:
-        sys.stdout.write(dvc_yaml(args.config))
+        if args.out is None:
+            sys.stdout.write(dvc_yaml(args.config))
+        else:
+            write_preset(args.config, Path(args.out))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,14 +6,17 @@ Reads the variant's tensor store (``train``, ``val``, ``val_matched``), trains w
 
 - ``model.pt``: weights + meta (num_classes, class_names, resolution, variant, seed);
 - ``metrics.json``: Table I of Nielsen et al. (train accuracy, val accuracy on unmodified
-  val images, loss) plus val_matched accuracy, chance level and **background reliance**:
+  val images, loss) plus val_matched accuracy, the chance level (1 / classes), the
+  majority-class rate of the val labels (:mod:`xaipipe.baselines`) and **background reliance**:
   accuracy on foreground-only val images (val x mask, background black) and on
   background-only val images (the object pixels filled from the surrounding background by
   ROAD's linear imputation, ``train.bg_only_fill: impute``, or set to black, ``black``).
   A model that leans on context stays well above chance on background-only images; one
   that cannot (``black``) falls to chance;
 - ``history.csv``: one row per epoch;
-- ``learning_curve.png``: loss and accuracies against epoch.
+- ``learning_curve.png``: loss and accuracies against epoch, chance and majority rate dashed;
+- ``val_predictions.npy``: int64, the predicted class of every unmodified val image (row
+  order of the store), for the report's saliency grid and per-image comparisons.
 """
 
 from __future__ import annotations
@@ -27,15 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from xaipipe import paths
+from xaipipe.baselines import chance_rate, majority_rate
 from xaipipe.config import train_settings
 from xaipipe.data.store import Split, read_split
 from xaipipe.device import claim_device
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.evaluate.road import linear_imputation
-from xaipipe.io import atomic_path, write_json
+from xaipipe.io import atomic_path, save_npy, write_json
 from xaipipe.models import save_model
 from xaipipe.seeds import named_seed
-from xaipipe.train import TrainResult, accuracy, train_classifier
+from xaipipe.train import TrainResult, accuracy, predict, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,8 @@ def table_metrics(result: TrainResult, splits: Mapping[str, Split], device: torc
         "fg_only_val_accuracy": accuracy(model, foreground_only(val), val.labels, device),
         "bg_only_val_accuracy": accuracy(model, background_only(val, bg_only_fill), val.labels, device),
         "bg_only_fill": bg_only_fill,
-        "chance_accuracy": 1.0 / num_classes,
+        "chance_accuracy": chance_rate(num_classes),
+        "majority_accuracy": majority_rate(val.labels),
         "epochs": len(result.history),
         "seconds": result.final["total_seconds"],
         "images_per_s": (float(np.mean([r["images_per_s"] for r in result.history]))
@@ -120,8 +125,10 @@ def table_metrics(result: TrainResult, splits: Mapping[str, Split], device: torc
     }
 
 
-def plot_learning_curve(history: list[dict], chance: float, path, title: str) -> None:
-    """Loss and accuracies (train running, every eval split) against epoch, as a PNG."""
+def plot_learning_curve(history: list[dict], chance: float, majority: float, path,
+                        title: str) -> None:
+    """Loss and accuracies (train running, every eval split) against epoch, as a PNG, with
+    the uniform chance level and the val split's majority-class rate as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +140,8 @@ def plot_learning_curve(history: list[dict], chance: float, path, title: str) ->
         ax_loss.plot(frame["epoch"], frame["loss"], marker=".")
         for column in [c for c in frame.columns if c.endswith("_acc")]:
             ax_acc.plot(frame["epoch"], frame[column], marker=".", label=column.removesuffix("_acc"))
-    ax_acc.axhline(chance, color="grey", linestyle="--", label="chance")
+    ax_acc.axhline(chance, color="grey", linestyle="--", label="chance (1 / classes)")
+    ax_acc.axhline(majority, color="black", linestyle=":", label="majority class (val)")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy")
     ax_acc.legend()
@@ -146,7 +154,8 @@ def plot_learning_curve(history: list[dict], chance: float, path, title: str) ->
 
 def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, seed: int) -> dict:
     """Train a model on ``store_variant``'s tensor store with that variant's ``train`` settings
-    and write ``model.pt``, ``metrics.json``, ``history.csv`` and ``learning_curve.png`` under
+    and write ``model.pt``, ``metrics.json``, ``history.csv``, ``learning_curve.png`` and
+    ``val_predictions.npy`` under
     ``paths.model_dir(config, name)``; resume checkpoints go to ``paths.checkpoint_dir(config,
     name)``. Returns metrics.json's dict. (``name`` = the variant for the train stage; other
     models, e.g. ``paths.REFERENCE_MODEL``, reuse it with their own name and seed.)"""
@@ -159,15 +168,18 @@ def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, see
             evals={"val": splits["val"], "val_matched": splits["val_matched"]},
             checkpoint_dir=paths.checkpoint_dir(config, name), desc=name)
         metrics = table_metrics(result, splits, device, settings["bg_only_fill"])
+        predictions = predict(result.model, splits["val"].images, device).argmax(1).numpy()
     metrics.update(variant=name, store_variant=store_variant, seed=seed,
                    num_classes=train.num_classes, resolution=config["resolution"], device=str(device))
     save_model(paths.model_weights(config, name), result.model, {
         "num_classes": train.num_classes, "class_names": train.class_names,
         "resolution": config["resolution"], "variant": name, "seed": seed})
     write_json(paths.model_metrics(config, name), metrics)
+    save_npy(paths.model_predictions(config, name), predictions.astype(np.int64))
     with atomic_path(paths.model_history(config, name)) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
-    plot_learning_curve(result.history, metrics["chance_accuracy"], paths.model_curve(config, name),
+    plot_learning_curve(result.history, metrics["chance_accuracy"], metrics["majority_accuracy"],
+                        paths.model_curve(config, name),
                         f"{name}: ResNet18, {len(result.history)} epochs")
     log.info("%s: train acc %.3f, val acc %.3f, val_matched %.3f, fg-only %.3f, bg-only %.3f "
              "(chance %.3f)", name, metrics["train_accuracy"], metrics["val_accuracy"],

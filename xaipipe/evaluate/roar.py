@@ -28,6 +28,7 @@ from typing import Mapping
 import torch
 
 from xaipipe import paths
+from xaipipe.baselines import chance_rate, majority_rate
 from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
 from xaipipe.evaluate.removal import fill_value, load_maps, remove_pixels
@@ -82,6 +83,8 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
         "train_seed": config["seed"] + seed,
         "eval_split": eval_split,
         "accuracy": float(val_accuracy), "train_running_accuracy": float(train_accuracy),
+        "chance_accuracy": chance_rate(train.num_classes),
+        "majority_accuracy": majority_rate(val.labels),
         "epochs": settings["epochs"], "n_train": len(train), "n_val": len(val),
         "pixels_removed": train_removed.meta["removal"]["pixels_removed"],
         "fill": train_removed.meta["removal"]["fill"],

@@ -35,6 +35,9 @@ from xaipipe.pipeline import STAGES, jobs, roar_kinds  # noqa: E402
 
 BASELINE = "random"
 KEYS = ["kind", "variant", "method"]
+RUN_FIELDS = ("accuracy", "n_val", "train_running_accuracy", "chance_accuracy",
+              "majority_accuracy")
+"""Per-run numbers kept in ``roar_runs.csv`` (the baselines beside every accuracy)."""
 
 
 def _read_all(files: dict[tuple, Path], stage: str) -> list[dict]:
@@ -57,7 +60,8 @@ def collect_roar(config: Mapping) -> pd.DataFrame:
     files = {(j["kind"], j["variant"], j["method"], j["fraction"], j["seed"]):
              paths.roar_result(config, **j) for j in jobs(STAGES["roar"], config)}
     results = _read_all(files, "roar")
-    return pd.DataFrame([{**dict(zip(KEYS + ["fraction", "seed"], key)), "accuracy": r["accuracy"]}
+    return pd.DataFrame([{**dict(zip(KEYS + ["fraction", "seed"], key)),
+                          **{field: r.get(field, np.nan) for field in RUN_FIELDS}}
                          for key, r in zip(files, results)])
 
 
@@ -72,9 +76,15 @@ def collect_road(config: Mapping) -> pd.DataFrame:
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """kind x variant x method x fraction -> mean, std (sample, over seeds) and n seeds."""
-    return (runs.groupby(KEYS + ["fraction"], sort=True)["accuracy"]
-            .agg(mean="mean", std="std", n="count").reset_index())
+    """kind x variant x method x fraction -> mean, std (sample, over seeds) and n seeds, with
+    the test split's chance and majority-class rates beside them when the runs have them."""
+    table = (runs.groupby(KEYS + ["fraction"], sort=True)["accuracy"]
+             .agg(mean="mean", std="std", n="count").reset_index())
+    baselines = [c for c in ("chance_accuracy", "majority_accuracy") if c in runs]
+    if baselines:
+        table = table.merge(runs.groupby("variant")[baselines].first().reset_index(),
+                            on="variant", how="left")
+    return table
 
 
 def mean_gap(fractions: np.ndarray, gap: np.ndarray) -> float:
@@ -205,6 +215,11 @@ def plot_curves(table: pd.DataFrame, kind: str, variant: str, path: Path,
         line, = ax.plot(curve["fraction"], curve["mean"], style, marker="o", label=method)
         ax.fill_between(curve["fraction"], curve["mean"] - std, curve["mean"] + std,
                         color=line.get_color(), alpha=0.15)
+    for column, style, label in (("chance_accuracy", "--", "chance"),
+                                 ("majority_accuracy", ":", "majority class")):
+        if column in rows and rows[column].notna().any():
+            ax.axhline(float(rows[column].iloc[0]), color="grey", linestyle=style, lw=1,
+                       label=label)
     ax.set(xlabel=FRACTION_LABELS[kind, kar_fraction], ylabel="test accuracy (retrained)",
            title=f"{kind.upper()} - {variant}")
     ax.grid(alpha=0.3)

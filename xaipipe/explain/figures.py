@@ -25,9 +25,11 @@ def normalise_map(heat: np.ndarray) -> np.ndarray:
 
 
 def saliency_grid(images: np.ndarray, maps_by_method: Mapping[str, np.ndarray], path: str | Path,
-                  row_titles: Sequence[str] | None = None) -> None:
+                  row_titles: Sequence[str] | None = None,
+                  masks: np.ndarray | None = None) -> None:
     """One row per image (uint8 N x 3 x H x W), the image then one column per method with its
-    |map| (N x H x W, :func:`normalise_map`) as a jet heat map over the grey image; written
+    |map| (N x H x W, :func:`normalise_map`) as a jet heat map over the grey image; with
+    ``masks`` (N x H x W, 1 = object) the object's outline is drawn on every panel. Written
     atomically as PNG to ``path``."""
     n = len(images)
     columns = ["image", *maps_by_method]
@@ -41,6 +43,9 @@ def saliency_grid(images: np.ndarray, maps_by_method: Mapping[str, np.ndarray], 
             else:
                 ax.imshow(rgb.mean(axis=2), cmap="gray")
                 ax.imshow(normalise_map(maps_by_method[name][row]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            if masks is not None and np.asarray(masks[row]).any():
+                ax.contour(np.asarray(masks[row]) > 0, levels=[0.5], colors="white",
+                           linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

@@ -29,7 +29,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from xaipipe import paths
 from xaipipe.config import validation_variants
 from xaipipe.errors import DataError
 from xaipipe.io import atomic_path
-from xaipipe.report import validation
+from xaipipe.report import quality, settings, validation
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,19 @@ PAPER_ROW = "ResNet-18 (Kang et al., paper)"
 
 TABLE1_COLUMNS = ["variant", "train_acc", "val_acc", "loss", "paper_train_acc", "paper_val_acc",
                   "paper_loss", "val_matched_acc", "fg_only_acc", "bg_only_acc", "bg_only_fill",
-                  "chance_acc", "epochs", "seed"]
+                  "chance_acc", "majority_acc", "n_val", "epochs", "seed", "interpretable",
+                  "quality_note"]
 METRIC_KEYS = {  # metrics.json key -> table1 column (accuracies converted to %)
     "train_accuracy": "train_acc", "val_accuracy": "val_acc", "loss": "loss",
     "val_matched_accuracy": "val_matched_acc", "fg_only_val_accuracy": "fg_only_acc",
     "bg_only_val_accuracy": "bg_only_acc", "bg_only_fill": "bg_only_fill",
-    "chance_accuracy": "chance_acc",
-    "epochs": "epochs", "seed": "seed",
+    "chance_accuracy": "chance_acc", "majority_accuracy": "majority_acc",
+    "num_val_images": "n_val", "epochs": "epochs", "seed": "seed",
 }
 PHI_METHODS = {"ftc": "ftc", "fntc": "fntc"}
 PHI_COLUMNS = ["variant", "phi_ftc", "phi_fntc", "ratio_ftc", "ratio_fntc",
-               "background_share_ftc", "background_share_fntc", "num_images", "note"]
+               "background_share_ftc", "background_share_fntc", "background_share_se",
+               "images_with_undesirable", "background_fraction", "num_images", "note"]
 PAPER_PHI_DEFINITION = {"target_class": "predicted", "reg_reduction": "sum"}
 """Kang et al.'s definition: phi of h, the top predicted class (Eq. 8), with R_M summed over
 the mask as Eq. 3 writes it."""
@@ -87,8 +89,8 @@ FEATVIS_COLUMNS = ["variant", "judge", "metric", "mean", "std", "n"]
 SANITY_COLUMNS = ["variant", "file"]
 SOURCE_COLUMNS = ["table", "path", "status"]
 
-TABLES = ("table1", "confidence_gain", "phi", "metric_validation", "localisation", "sanity",
-          "roar_scores", "road_scores", "featvis_metrics", "sources")
+TABLES = ("table1", "quality", "confidence_gain", "phi", "metric_validation", "localisation",
+          "sanity", "roar_scores", "road_scores", "featvis_metrics", "sources")
 
 
 @dataclass
@@ -140,9 +142,11 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 
 def table1(config: Mapping, sources: Sources) -> pd.DataFrame:
-    """Nielsen et al. Table I with the paper's numbers beside ours (accuracies in %)."""
+    """Nielsen et al. Table I with the paper's numbers beside ours (accuracies in %), one row
+    per trained model: every variant, then the featvis metrics' reference model; chance and
+    the val split's majority-class rate beside every accuracy."""
     rows = []
-    for variant in config["variants"]:
+    for variant in [*config["variants"], paths.REFERENCE_MODEL]:
         path = paths.model_metrics(config, variant)
         metrics = read_json_if_present(path, ["train_accuracy", "val_accuracy"])
         sources.note("table1", path, metrics is not None)
@@ -159,27 +163,42 @@ def table1(config: Mapping, sources: Sources) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
+CELL_DETAILS = ("std", "n", "excluded")
+"""Per SCG/CCG cell beside the mean: ``<cell> std`` (x 100), ``<cell> n`` (images kept) and
+``<cell> excluded`` (images excluded by the paper's rules)."""
+
+
 def confidence_gain_wide(long: pd.DataFrame) -> pd.DataFrame:
     """The confidence-gain paper's Table 1 layout from the stage's tidy table: one row per
-    (variant, mask set, heat-map dilation); columns ``<kernel> rho=<p>% <SCG|CCG>`` ordered
-    G_k, Z_k, then rho descending (25 % before 5 %), values x 100."""
+    (variant, mask set, heat-map dilation); per cell ``<kernel> rho=<p>% <SCG|CCG>`` (the
+    mean x 100, ordered G_k, Z_k, then rho descending: 25 % before 5 %) followed by its
+    :data:`CELL_DETAILS`."""
     index = ["variant", "mask", "dilation", "kind"]
     if long.empty:
         return pd.DataFrame(columns=index)
     long = long.assign(dilation=long["dilation"].astype(str))
     parts = []
     for metric in ("scg", "ccg"):
-        part = long[[*index, "kernel", "rho", f"{metric}_mean"]].rename(
-            columns={f"{metric}_mean": "value"})
-        parts.append(part.assign(metric=metric.upper()))
+        n = long[f"n_{metric}"] if f"n_{metric}" in long else pd.Series(np.nan, index=long.index)
+        total = long["n_images"] if "n_images" in long else pd.Series(np.nan, index=long.index)
+        std = long[f"{metric}_std"] if f"{metric}_std" in long else pd.Series(np.nan, index=long.index)
+        parts.append(long[[*index, "kernel", "rho"]].assign(
+            metric=metric.upper(), value=100.0 * long[f"{metric}_mean"], std=100.0 * std, n=n,
+            excluded=total - n))
     stacked = pd.concat(parts, ignore_index=True)
-    stacked["value"] = 100.0 * stacked["value"]
+    fields = ("value", *CELL_DETAILS)
     wide = stacked.pivot_table(index=index, columns=["kernel", "rho", "metric"],
-                               values="value", aggfunc="first", sort=False)
-    order = sorted(wide.columns, key=lambda c: (list(KERNEL_LABELS).index(c[0])
-                                                if c[0] in KERNEL_LABELS else 99, -c[1], c[2]))
-    wide = wide[order]
-    wide.columns = [f"{gain_setting(k, r)} {m}" for k, r, m in order]
+                               values=list(fields), aggfunc="first", sort=False, dropna=False)
+    # dropna=False keeps all-NaN cells (every image excluded) but also invents rows for every
+    # combination of the index levels: keep the mask sets that exist
+    wide = wide.loc[pd.MultiIndex.from_frame(long[index].drop_duplicates())]
+    cells = sorted({c[1:] for c in wide.columns},
+                   key=lambda c: (list(KERNEL_LABELS).index(c[0]) if c[0] in KERNEL_LABELS
+                                  else 99, -c[1], c[2]))
+    ordered = [(field, *cell) for cell in cells for field in fields]
+    wide = wide[ordered]
+    wide.columns = [f"{gain_setting(k, r)} {m}" + ("" if field == "value" else f" {field}")
+                    for field, k, r, m in ordered]
     wide = wide.reset_index()
     variant_order = {v: i for i, v in enumerate(dict.fromkeys(long["variant"]))}
     mask_order = {m: i for i, m in enumerate(dict.fromkeys(long["mask"]))}
@@ -214,6 +233,21 @@ def phi_comparability(settings: Mapping) -> str:
     return "; ".join(reasons)
 
 
+def background_share_spread(per_image: Path) -> dict:
+    """``background_share_se``: the standard error over images of the per-image background
+    share of undesirable pixels (F-TC and F-NTC rows together), and
+    ``images_with_undesirable``: how many (method, image) rows have any undesirable pixel.
+    Images are the unit, not pixels (the pixels of one image are not independent); with
+    fewer than two such rows the spread is infinite: nothing can be told apart."""
+    frame = read_csv_if_present(per_image, ["undesirable_pixels", "undesirable_on_background"])
+    if frame is None:
+        return {}
+    has = frame[frame["undesirable_pixels"] > 0]
+    shares = has["undesirable_on_background"] / has["undesirable_pixels"]
+    se = float(shares.std(ddof=1) / np.sqrt(len(shares))) if len(shares) > 1 else np.inf
+    return {"background_share_se": se, "images_with_undesirable": len(shares)}
+
+
 def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
     """Kang et al. Table 1 (phi) / Table 2 (undesirable ratio) per variant, plus background
     share, and the paper's ResNet-18 row last: with its numbers when every variant's phi
@@ -237,6 +271,9 @@ def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
             row[f"phi_{method}"] = numbers["phi"]
             row[f"ratio_{method}"] = numbers.get("undesirable_ratio")
             row[f"background_share_{method}"] = numbers.get("background_share")
+            # the share uniformly spread undesirable pixels would have (same images per method)
+            row["background_fraction"] = numbers.get("background_fraction")
+        row.update(background_share_spread(paths.undesirable_dir(config, variant) / "per_image.csv"))
         rows.append(row)
     reasons.discard("")
     if reasons:
@@ -280,11 +317,11 @@ def single_csv(sources: Sources, name: str, path: Path, required: list[str]) -> 
     return frame if frame is not None else pd.DataFrame(columns=required)
 
 
-def metric_validation(config: Mapping, sources: Sources) -> pd.DataFrame:
+def metric_validation(config: Mapping, sources: Sources, runs: pd.DataFrame,
+                      road: pd.DataFrame) -> pd.DataFrame:
     """:func:`xaipipe.report.validation.validation_table` of the oracle runs in
-    ``roar_summary`` and the ``metric_validation`` stage tables."""
+    ``roar_summary`` (``runs``, ``road``) and the ``metric_validation`` stage tables."""
     variants = validation_variants(config)
-    roar_dir = paths.roar_summary_dir(config)
     frames = []
     for variant in variants:
         path = paths.metric_validation_table(config, variant)
@@ -292,33 +329,72 @@ def metric_validation(config: Mapping, sources: Sources) -> pd.DataFrame:
         sources.note("metric_validation", path, frame is not None)
         if frame is not None:
             frames.append(frame)
-    runs = single_csv(sources, "metric_validation", roar_dir / "roar_runs.csv",
-                      validation.ROAR_RUN_COLUMNS)
-    road = (single_csv(sources, "metric_validation", roar_dir / "road_scores.csv",
-                       validation.ROAD_MEAN_COLUMNS) if config["roar"]["road"]
-            else pd.DataFrame(columns=validation.ROAD_MEAN_COLUMNS))
     return validation.validation_table(
         roar_runs=runs, road_scores=road, stage_tables=_concat(frames, validation.STAGE_COLUMNS),
         variants=variants)
 
 
-def aggregate_tables(config: Mapping) -> dict[str, pd.DataFrame]:
-    """Read every upstream output and return the report tables (:data:`TABLES`) in memory."""
+def localisation(config: Mapping, sources: Sources) -> pd.DataFrame:
+    """Every variant's localisation table, then the untrained model's rows
+    (``variant = untrained``), the baseline the trained models are read against."""
+    frames = [per_variant_csv(config, sources, "localisation", paths.localisation_table,
+                              LOCALISATION_COLUMNS),
+              single_csv(sources, "localisation", paths.untrained_localisation_table(config),
+                         LOCALISATION_COLUMNS)]
+    return _concat(frames, LOCALISATION_COLUMNS)
+
+
+QUALITY_COLUMNS = ["model", "check", "interpretable", "reason"]
+
+
+def quality_table(models: pd.DataFrame, retrains: pd.DataFrame) -> pd.DataFrame:
+    """The model-quality gate (:mod:`xaipipe.report.quality`) as one table: a row per
+    trained model and per (kind, variant) retraining."""
+    rows = [{"model": r.variant, "check": "trained model", "interpretable": r.interpretable,
+             "reason": r.reason} for r in models.itertuples()]
+    rows += [{"model": r.variant, "check": f"{r.kind.upper()} retraining",
+              "interpretable": r.interpretable, "reason": r.reason} for r in retrains.itertuples()]
+    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+
+
+def aggregate_tables(config: Mapping, config_files: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
+    """Read every upstream output and return the report tables (:data:`TABLES`) in memory,
+    each per-variant table flagged ``interpretable`` by the model-quality gate."""
     sources = Sources()
     roar_dir = paths.roar_summary_dir(config)
+    alpha = config["report"]["quality_alpha"]
+    first = table1(config, sources)
+    models = quality.model_quality(first, alpha)
+    first = first.assign(interpretable=models["interpretable"].to_numpy(dtype=bool),
+                         quality_note=models["reason"].to_numpy())
+    trained_ok = dict(zip(models["variant"], models["interpretable"]))
+    runs = single_csv(sources, "roar_runs", roar_dir / "roar_runs.csv", validation.ROAR_RUN_COLUMNS)
+    road = (single_csv(sources, "road_scores", roar_dir / "road_scores.csv", ROAD_SCORE_COLUMNS)
+            if config["roar"]["road"] else pd.DataFrame(columns=ROAD_SCORE_COLUMNS))
+    retrains = quality.retrain_quality(runs, alpha, config["roar"]["kar_fraction"])
+    retrain_ok = {(r.kind, r.variant): r.interpretable for r in retrains.itertuples()}
+    roar_scores = single_csv(sources, "roar_scores", roar_dir / "roar_scores.csv",
+                             ROAR_SCORE_COLUMNS)
+    roar_scores = roar_scores.assign(interpretable=[
+        bool(trained_ok.get(v, True) and retrain_ok.get((k, v), True))
+        for k, v in zip(roar_scores["kind"], roar_scores["variant"])]).astype(
+        {"interpretable": bool})
+    flag = lambda frame: quality.flag_variants(frame, trained_ok)  # noqa: E731
     tables = {
-        "table1": table1(config, sources),
-        "confidence_gain": confidence_gain(config, sources),
-        "phi": phi_table(config, sources),
-        "metric_validation": metric_validation(config, sources),
-        "localisation": per_variant_csv(config, sources, "localisation", paths.localisation_table,
-                                        LOCALISATION_COLUMNS),
-        "sanity": sanity_table(config, sources),
-        "roar_scores": single_csv(sources, "roar_scores", roar_dir / "roar_scores.csv", ROAR_SCORE_COLUMNS),
-        "road_scores": single_csv(sources, "road_scores", roar_dir / "road_scores.csv", ROAD_SCORE_COLUMNS),
-        "featvis_metrics": single_csv(sources, "featvis_metrics", paths.featvis_metrics_table(config),
-                                      FEATVIS_COLUMNS),
+        "table1": first,
+        "quality": quality_table(models, retrains),
+        "confidence_gain": flag(confidence_gain(config, sources)),
+        "phi": flag(phi_table(config, sources)),
+        "metric_validation": flag(metric_validation(config, sources, runs, road)),
+        "localisation": flag(localisation(config, sources)),
+        "sanity": flag(sanity_table(config, sources)),
+        "roar_scores": roar_scores,
+        "road_scores": flag(road),
+        "featvis_metrics": flag(single_csv(sources, "featvis_metrics",
+                                           paths.featvis_metrics_table(config), FEATVIS_COLUMNS)),
     }
+    sources.rows += [{"table": settings.TABLE, "path": key, "status": value}
+                     for key, value in settings.run_settings(config, config_files)]
     tables["sources"] = sources.frame()
     return tables
 
@@ -333,14 +409,15 @@ def write_tables(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[Pa
     return written
 
 
-def run_aggregate(config: Mapping) -> dict[str, pd.DataFrame]:
+def run_aggregate(config: Mapping, config_files: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
     """The ``aggregate`` stage: read everything first (so a malformed file leaves no
-    output), then write every table."""
-    tables = aggregate_tables(config)
+    output), then write every table; ``config_files`` (the merged ``--config`` files) go into
+    the run settings."""
+    tables = aggregate_tables(config, config_files)
     write_tables(config, tables)
-    missing = tables["sources"].query("status == @NOT_AVAILABLE")
+    files = tables["sources"][tables["sources"]["table"] != settings.TABLE]
     log.info("aggregate: %d tables -> %s (%d of %d sources not available)", len(tables),
-             paths.report_dir(config), len(missing), len(tables["sources"]))
+             paths.report_dir(config), int((files["status"] == NOT_AVAILABLE).sum()), len(files))
     return tables
 
 

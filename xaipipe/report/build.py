@@ -28,7 +28,8 @@ from xaipipe.evaluate.roar_summary import roar_verdicts  # noqa: E402
 from xaipipe.explain.featvis import featvis_grid  # noqa: E402
 from xaipipe.explain.figures import saliency_grid  # noqa: E402
 from xaipipe.io import write_text  # noqa: E402
-from xaipipe.report.aggregate import PAPER_ROW, read_tables  # noqa: E402
+from xaipipe.report import settings  # noqa: E402
+from xaipipe.report.aggregate import CELL_DETAILS, PAPER_ROW, read_tables  # noqa: E402
 from xaipipe.report.findings import findings  # noqa: E402
 from xaipipe.report.html import Section, render_page  # noqa: E402
 
@@ -62,7 +63,9 @@ def draw_featvis_grid(config: Mapping) -> Path | None:
 def draw_saliency_grid(config: Mapping) -> Path | None:
     """The first ``report.saliency_images`` val images of each variant with the val maps
     of every ``explain.methods`` entry all those variants have, drawn by
-    :func:`xaipipe.explain.figures.saliency_grid`; ``None`` when there is nothing to draw."""
+    :func:`xaipipe.explain.figures.saliency_grid`: each row titled with the variant, the
+    label and the model's prediction (``paths.model_predictions``), the object mask outlined.
+    ``None`` when there is nothing to draw."""
     n_images = config["report"]["saliency_images"]
     blocks = []
     for variant in config["variants"]:
@@ -74,16 +77,27 @@ def draw_saliency_grid(config: Mapping) -> Path | None:
     methods = [m for m in config["explain"]["methods"] if blocks and all(m in b[2] for b in blocks)]
     if not methods:
         return None
-    images, maps_by_method, titles = [], {m: [] for m in methods}, []
+    images, masks, maps_by_method, titles = [], [], {m: [] for m in methods}, []
     for variant, split, maps in blocks:
         count = min(n_images, len(split))
         images.append(np.asarray(split.images[:count]))
-        titles += [f"{variant} #{i}" for i in range(count)]
+        masks.append(np.asarray(split.masks[:count]))
+        predictions = paths.model_predictions(config, variant)
+        predicted = np.load(predictions)[:count] if predictions.is_file() else None
+        names = split.class_names
+        for i in range(count):
+            label = names[int(split.labels[i])] if names else str(int(split.labels[i]))
+            if predicted is None:
+                guess = "?"
+            else:
+                guess = names[int(predicted[i])] if names else str(int(predicted[i]))
+                guess += "" if int(predicted[i]) == int(split.labels[i]) else " (wrong)"
+            titles.append(f"{variant} #{i}\nlabel {label}\npred {guess}")
         for m in methods:
             maps_by_method[m].append(np.load(maps[m], mmap_mode="r")[:count].astype(np.float32))
     out = paths.report_figures_dir(config) / SALIENCY_GRID
     saliency_grid(np.concatenate(images), {m: np.concatenate(v) for m, v in maps_by_method.items()},
-                  out, row_titles=titles)
+                  out, row_titles=titles, masks=np.concatenate(masks))
     return out
 
 
@@ -102,6 +116,63 @@ def _figures(section: Section, figures: list[tuple[Path, str]], what: str) -> No
         section.missing(what)
 
 
+def settings_section(tables: Mapping[str, pd.DataFrame]) -> Section:
+    """The header block: what this run is (``sources.csv``'s run-settings rows)."""
+    section = Section("Run settings", "What this report was computed from (also in sources.csv).")
+    sources = tables["sources"]
+    rows = sources[sources["table"] == settings.TABLE]
+    if rows.empty:
+        section.missing("run settings (aggregate stage)")
+    else:
+        section.table(rows[["path", "status"]].rename(columns={"path": "setting",
+                                                               "status": "value"}))
+    return section
+
+
+def quality_section(tables: Mapping[str, pd.DataFrame]) -> Section:
+    """The model-quality gate, with a warning naming every model whose numbers are not
+    interpretable."""
+    section = Section("Model quality", "A model's numbers are interpretable only if it beats "
+                      "always answering the majority class of its split (one-sided binomial "
+                      "test at report.quality_alpha): trained models on val, ROAR/KAR "
+                      "retraining with random maps at the least destructive fraction. Every "
+                      "table below flags rows of failing models with interpretable = False, and "
+                      "no finding names them.")
+    frame = tables["quality"]
+    if frame.empty:
+        section.missing("model metrics (train stage)")
+        return section
+    failed = frame[~frame["interpretable"].astype(bool)]
+    if len(failed):
+        section.warning(f"WARNING: {len(failed)} of {len(frame)} checks fail, so those numbers are "
+                     "NOT interpretable: " + "; ".join(f"{r.model} ({r.check}): {r.reason}"
+                                                     for r in failed.itertuples()) + ".")
+    else:
+        section.text(f"All {len(frame)} checks pass: every model is clearly above its "
+                     "majority-class baseline.")
+    section.table(frame)
+    return section
+
+
+def gain_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The SCG/CCG table as the report shows it: per cell ``mean ± std (n, excl. k)``."""
+    cells = [c for c in frame.columns if c.endswith((" SCG", " CCG"))]
+    shown = frame[[c for c in frame.columns if c not in cells
+                   and not c.endswith(tuple(f" {d}" for d in CELL_DETAILS))]].copy()
+    for cell in cells:
+        def text(row, cell=cell):
+            mean = row[cell]
+            if not np.isfinite(mean):
+                return "–"
+            std, n, excluded = (row.get(f"{cell} {d}", np.nan) for d in CELL_DETAILS)
+            spread = f" ± {std:.1f}" if np.isfinite(std) else ""
+            counts = (f" (n {int(n)}, excl. {int(excluded)})" if np.isfinite(n)
+                      and np.isfinite(excluded) else "")
+            return f"{mean:.1f}{spread}{counts}"
+        shown[cell] = frame.apply(text, axis=1)
+    return shown
+
+
 def validation_section(tables: Mapping[str, pd.DataFrame]) -> Section:
     """The metric validation, shown before any finding: each metric on the oracle maps."""
     section = Section("Metric validation", "Each metric scored on two oracle maps from the "
@@ -117,7 +188,7 @@ def validation_section(tables: Mapping[str, pd.DataFrame]) -> Section:
         return section
     failed = frame[~frame["ordering_ok"].astype(bool)]
     if len(failed):
-        section.text(f"WARNING: {len(failed)} of {len(frame)} metric rows fail the ordering: "
+        section.warning(f"WARNING: {len(failed)} of {len(frame)} metric rows fail the ordering: "
                      + ", ".join(f"{r.metric} ({r.variant})" for r in failed.itertuples())
                      + ". Their numbers below do not rank explanations correctly on this run.")
     else:
@@ -127,17 +198,24 @@ def validation_section(tables: Mapping[str, pd.DataFrame]) -> Section:
 
 
 def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[Section]:
-    """Every section of the page, in reading order (the metric validation first)."""
+    """Every section of the page, in reading order: what the run is, whether its models can be
+    read, whether its metrics can be trusted, then the findings and the tables."""
     variants = list(config["variants"])
-    validated = validation_section(tables)
+    header = [settings_section(tables), quality_section(tables), validation_section(tables)]
     found = Section("Findings", "Auto-generated from the tables below; each line names the "
-                    "most object-focused variant by one metric.")
+                    "most object-focused variant by one metric, or says why none can be named "
+                    "(model not interpretable, value not beyond its baseline, or a tie within "
+                    "the spread).")
     found.bullets(findings(dict(tables)))
 
     training = Section("Table I reproduction", "Nielsen et al. Table I: our numbers beside the "
-                       "paper's (accuracies in %; val = unmodified val images). Extra columns: val "
-                       "with the variant's own treatment, foreground-only and background-only val.")
-    _table_or_missing(training, tables["table1"], "model metrics (train stage)")
+                       "paper's (accuracies in %; val = unmodified val images), every trained "
+                       "model including the featvis metrics' reference model. Beside every "
+                       "accuracy: chance (1 / classes) and the val split's majority-class rate. "
+                       "Extra columns: val with the variant's own treatment, foreground-only and "
+                       "background-only val.")
+    _table_or_missing(training, tables["table1"].drop(columns="quality_note", errors="ignore"),
+                      "model metrics (train stage)")
     if paths.index_table(config).is_file():
         training.figure(write_variant_examples(config), "Training variants (paper Fig. 3): "
                         "original, foreground mask, black, noise and mixed")
@@ -184,8 +262,10 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
     frame = tables["confidence_gain"]
     if frame.empty:
         gain.missing("SCG/CCG tables (confidence_gain stage)")
-    for variant, block in frame.groupby("variant", sort=False):
-        gain.table(block.drop(columns="variant"), f"Variant {variant}", float_format="{:.2f}")
+    for variant, block in gain_display(frame).groupby("variant", sort=False):
+        gain.table(block.drop(columns="variant"), f"Variant {variant}: mean ± std (n images "
+                   "kept, excl. = excluded by the paper's rules and min_denominator)",
+                   float_format="{:.2f}")
 
     phi = Section("Undesirable pixels (phi)", "Kang et al. Table 1 (phi, Eq. 8) and Table 2 "
                   "(undesirable-pixel ratio) for F-TC and F-NTC, plus the share of undesirable "
@@ -216,13 +296,17 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
                       for p in sorted(paths.sanity_dir(config, v).glob("*.png"))],
              "sanity-check figures (sanity stage)")
 
-    local = Section("Localisation", "Energy in mask and pointing game per method (chance = "
-                    "foreground share), and accuracy on full / fg-only / bg-only val images.")
+    local = Section("Localisation", "Energy in mask and pointing game per method, read against "
+                    "two baselines: chance (subject chance = the mean foreground share) and an "
+                    "untrained ResNet18's maps of the same methods (variant untrained). Accuracy "
+                    "on full / fg-only / bg-only val images beside chance (1 / classes) and the "
+                    "majority-class rate (subject majority).")
     _table_or_missing(local, tables["localisation"], "localisation tables (localisation stage)")
 
     sources = Section("Inputs", "Every file the aggregate stage looked for.")
-    _table_or_missing(sources, tables["sources"], "input list")
-    return [validated, found, training, curves, featvis, saliency, roar, gain, phi, sanity, local,
+    files = tables["sources"]
+    _table_or_missing(sources, files[files["table"] != settings.TABLE], "input list")
+    return [*header, found, training, curves, featvis, saliency, roar, gain, phi, sanity, local,
             sources]
 
 

@@ -17,9 +17,13 @@ from xaipipe.errors import DataError
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
-th { background: #f3f3f3; }
+div.table { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .8em; }
+th, td { border: 1px solid #ccc; padding: .2em .4em; text-align: right; }
+th { background: #f3f3f3; white-space: normal; overflow-wrap: anywhere; max-width: 8em;
+     vertical-align: bottom; }
+td { overflow-wrap: anywhere; max-width: 28em; }
+p.warning { background: #fde8e8; border-left: 4px solid #c33; padding: .5em .8em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .9em; color: #555; }
 .note { color: #555; font-size: .9em; } .missing { color: #a33; }
@@ -38,7 +42,7 @@ class Section:
     def table(self, frame: pd.DataFrame, caption: str = "", float_format: str = "{:.3f}") -> None:
         body = frame.to_html(index=False, na_rep="–", float_format=float_format.format, border=0)
         cap = f"<p class='note'>{html.escape(caption)}</p>" if caption else ""
-        self.blocks.append(cap + body)
+        self.blocks.append(f"{cap}<div class='table'>{body}</div>")
 
     def figure(self, path: str | Path, caption: str = "") -> None:
         self.blocks.append(
@@ -48,6 +52,9 @@ class Section:
 
     def text(self, paragraph: str) -> None:
         self.blocks.append(f"<p>{html.escape(paragraph)}</p>")
+
+    def warning(self, paragraph: str) -> None:
+        self.blocks.append(f"<p class='warning'>{html.escape(paragraph)}</p>")
 
     def bullets(self, items: list[str]) -> None:
         lis = "".join(f"<li>{html.escape(item)}</li>" for item in items)

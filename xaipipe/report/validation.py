@@ -69,8 +69,9 @@ def road_rows(road_scores: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     parts = [rows[["variant", "method", f"mean_accuracy_{order}"]]
              .rename(columns={f"mean_accuracy_{order}": "mean"})
              .assign(metric=f"ROAD {label}", std=np.nan)
-             for order, label in ROAD_ORDERS.items()]
-    return pd.concat(parts, ignore_index=True)
+             for order, label in ROAD_ORDERS.items() if f"mean_accuracy_{order}" in rows]
+    return (pd.concat(parts, ignore_index=True) if parts
+            else pd.DataFrame(columns=["metric", "variant", "method", "mean", "std"]))
 
 
 def higher_is_better(metric: str) -> bool:

@@ -1,0 +1,81 @@
+"""The run settings a reader needs before any number: what data, what model, what training,
+which config files, which seeds, which code (``docs/report.md``, "Run settings").
+
+The aggregate stage writes them into ``sources.csv`` (rows with ``table = run_settings``,
+``path`` = the setting, ``status`` = its value) and the report shows them as its header
+block, so both say the same.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from xaipipe import paths
+from xaipipe.io import read_json
+
+TABLE = "run_settings"
+ARCHITECTURE = "ResNet18 (torchvision.models.resnet18, normalisation inside the model)"
+"""What :func:`xaipipe.models.build_model` builds (the only architecture so far)."""
+
+
+def git_commit(directory: str | Path = ".") -> str:
+    """``<commit>`` of the checkout at ``directory``, ``+ uncommitted changes`` when the work
+    tree differs from it; ``unknown (...)`` outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True,
+                              text=True, timeout=20, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git rev-parse HEAD failed: not a git checkout, no commit yet, or no git)"
+    return commit + (" + uncommitted changes" if dirty else "")
+
+
+def _split_counts(config: Mapping) -> str:
+    for variant in config["variants"]:
+        summary = paths.variant_summary(config, variant)
+        if summary.is_file():
+            counts = read_json(summary).get("splits", {})
+            return ", ".join(f"{split} {c.get('images')}" for split, c in counts.items())
+    return "not available (variant stage)"
+
+
+def _epochs(config: Mapping) -> str:
+    text = f"{config['train']['epochs']} (train.epochs)"
+    overrides = {v: o["epochs"] for v, o in config["train_overrides"].items() if "epochs" in o}
+    if overrides:
+        text += "; " + ", ".join(f"{v}: {e}" for v, e in overrides.items())
+    roar = config["roar"]["epochs"]
+    return text + f"; ROAR/KAR retraining {roar if roar is not None else 'the same'}"
+
+
+def _model_seeds(config: Mapping) -> str:
+    seeds = []
+    for name in [*config["variants"], paths.REFERENCE_MODEL]:
+        metrics = paths.model_metrics(config, name)
+        if metrics.is_file():
+            seeds.append(f"{name} {read_json(metrics).get('seed')}")
+    return ", ".join(seeds) or "not available (train stage)"
+
+
+def run_settings(config: Mapping, config_files: Sequence[str]) -> list[tuple[str, str]]:
+    """``(setting, value)`` pairs, in reading order."""
+    dataset = config["dataset"]
+    return [
+        ("dataset", dataset["name"]),
+        ("dataset root", str(paths.dataset_root(config))),
+        ("images per split", _split_counts(config)),
+        ("variants", ", ".join(config["variants"])),
+        ("resolution", f"{config['resolution']} px ({dataset['resize']})"),
+        ("architecture", ARCHITECTURE),
+        ("pretrained start", str(config["train"]["pretrained"])),
+        ("epochs", _epochs(config)),
+        ("config files merged", " + ".join(config_files) or "not recorded"),
+        ("master seed", str(config["seed"])),
+        ("model seeds", _model_seeds(config)),
+        ("ROAR/KAR seeds", str(config["roar"]["seeds"])),
+        ("git commit", git_commit()),
+    ]
