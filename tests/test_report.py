@@ -185,6 +185,7 @@ def test_models_at_the_majority_rate_get_a_warning_no_winners_and_their_baseline
     run_report(config)
     html = paths.report_html(config).read_text()
     assert html.index("WARNING: 2 of 2 checks fail") < html.index("Findings</h2>")
+    assert "NOT interpretable: standard, black (trained model)." in html
     assert "val accuracy 30.0 % on 200 images is not clearly above the majority-class rate 30.0 %" in html
     lines = findings({name: pd.read_csv(paths.report_table(config, name))
                       for name in ("table1", "localisation", "roar_scores", "confidence_gain",

@@ -144,9 +144,11 @@ def quality_section(tables: Mapping[str, pd.DataFrame]) -> Section:
         return section
     failed = frame[~frame["interpretable"].astype(bool)]
     if len(failed):
+        by_check = failed.groupby("check", sort=False)["model"].apply(", ".join)
         section.warning(f"WARNING: {len(failed)} of {len(frame)} checks fail, so those numbers are "
-                     "NOT interpretable: " + "; ".join(f"{r.model} ({r.check}): {r.reason}"
-                                                     for r in failed.itertuples()) + ".")
+                        "NOT interpretable: " + "; ".join(f"{models} ({check})" for check, models
+                                                          in by_check.items())
+                        + ". The reasons, with the accuracies, are in the table below.")
     else:
         section.text(f"All {len(frame)} checks pass: every model is clearly above its "
                      "majority-class baseline.")
@@ -188,9 +190,14 @@ def validation_section(tables: Mapping[str, pd.DataFrame]) -> Section:
         return section
     failed = frame[~frame["ordering_ok"].astype(bool)]
     if len(failed):
+        unfit = ("interpretable" in frame and
+                 not frame.loc[failed.index, "interpretable"].astype(bool).any())
         section.warning(f"WARNING: {len(failed)} of {len(frame)} metric rows fail the ordering: "
-                     + ", ".join(f"{r.metric} ({r.variant})" for r in failed.itertuples())
-                     + ". Their numbers below do not rank explanations correctly on this run.")
+                        + ", ".join(f"{r.metric} ({r.variant})" for r in failed.itertuples())
+                        + (". The validation model is not interpretable (model quality), so "
+                           "this says nothing about the metrics: train it until it beats the "
+                           "majority class." if unfit else
+                           ". Their numbers below do not rank explanations correctly on this run."))
     else:
         section.text(f"All {len(frame)} metric rows order the oracles as expected.")
     section.table(frame, float_format="{:.3f}")

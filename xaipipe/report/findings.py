@@ -181,7 +181,7 @@ METRICS = (
 
 
 def _format(value: float, spread: float | None) -> str:
-    text = f"{value:.3g}"
+    text = f"{value + 0.0:.3g}"  # + 0.0: no "-0"
     if spread is not None and np.isinf(spread):
         text += " ± ∞"  # too few units to tell anything apart
     elif spread is not None and np.isfinite(spread):
