@@ -3,7 +3,7 @@
 # stage list dvc.yaml is generated from). How to run: docs/orchestration.md.
 from snakemake.utils import validate
 
-from xaipipe import pipeline
+from xaipipe import pipeline, registry
 from xaipipe.config import SCHEMA_PATH, validate_config
 
 
@@ -23,8 +23,8 @@ pipeline.check_grid(config)
 
 
 wildcard_constraints:
-    variant="|".join(pipeline.ALL_VARIANTS),
-    method="[a-z_]+",
+    variant="|".join(registry.variants(config)),
+    method="|".join(registry.methods(config)),
     kind="roar|kar",
     fraction=r"[0-9.e+-]+",
     seed=r"\d+",

@@ -15,7 +15,11 @@ import torch
 
 from xaipipe.config import validate_config
 from xaipipe.device import claim_device
-from xaipipe.explain.attribution import METHODS, attribute, hookable_copy
+from xaipipe.explain.attribution import attribute, hookable_copy
+from xaipipe.explain.oracle import REFERENCE_METHODS
+from xaipipe.registry import BUILTIN_METHODS
+
+METHODS = [m for m in BUILTIN_METHODS if m not in REFERENCE_METHODS]
 from xaipipe.models import build_model
 
 

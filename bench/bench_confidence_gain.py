@@ -21,6 +21,7 @@ import torch
 
 from xaipipe.evaluate.confidence_gain import (
     base_images, build_masks, confidence_gain, gaussian_kernel_size, mask_sets, opencv_sigma)
+from xaipipe.evaluate.removal import tie_orders
 from xaipipe.models import build_model
 
 
@@ -61,7 +62,8 @@ def main() -> None:
     noise = torch.rand(args.methods, args.images, 1, size, size, device=device)
     maps = {m: base_images(noise[i], "gaussian", kernel, 3.0)[:, 0] for i, m in enumerate(methods)}
     sets = mask_sets(methods, agreement=True)
-    masks = build_masks(maps, sets, args.rho)
+    ties = tie_orders([str(i) for i in range(args.images)], size * size, 0, device)
+    masks = build_masks(maps, sets, args.rho, ties)
     options = dict(max_growth=args.max_growth)
 
     confidence_gain(model, images[:2], base[:2], labels[:2], masks[:, :2], batch_size=2, **options)

@@ -42,7 +42,7 @@ SETTINGS = {
     "step_gamma": 0.1, "label_smoothing": 0.0,
     "augment": {"random_resized_crop_scale": [0.5, 1.0], "hflip": True},
     "pretrained": "none", "amp": True, "channels_last": True, "compile": False,
-    "checkpoint_every": 100, "num_threads": 0,
+    "checkpoint_every": 100,
 }
 JPEG_SIZE = (500, 375)
 

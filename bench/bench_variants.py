@@ -25,7 +25,8 @@ from xaipipe.config import load_config
 from xaipipe.data import voc
 from xaipipe.data.index import read_index, write_index
 from xaipipe.data.synthetic import make_synthetic
-from xaipipe.data.variants import VARIANTS, background_noise, materialise_variants, mixed_selection
+from xaipipe.data.variants import background_noise, materialise_variants, mixed_selection
+from xaipipe.registry import BUILTIN_VARIANTS as VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 

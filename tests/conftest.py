@@ -170,6 +170,18 @@ def save_untrained_model():
     return _save
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch CPU thread for this test (restored afterwards): what a one-thread job gets
+    from ``--threads 1``, the only setting of torch's thread count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """Run a module's torch work on one CPU thread (restored afterwards): on a shared, loaded

@@ -9,12 +9,12 @@ from torch import nn
 from conftest import run_workflow_script
 from xaipipe import paths
 from xaipipe.config import validate_config
-from xaipipe.explain.attribution import (METHODS, attribute, attribute_split, hookable_copy,
-                                         occlusion_window)
+from xaipipe.explain.attribution import attribute, attribute_split, hookable_copy, occlusion_window
 from xaipipe.explain.oracle import ORACLE_METHODS, TIE_NOISE
 from xaipipe.models import build_model, save_model
+from xaipipe.registry import BUILTIN_METHODS
 
-MODEL_METHODS = [m for m in METHODS if m not in ORACLE_METHODS]
+MODEL_METHODS = [m for m in BUILTIN_METHODS if m not in ORACLE_METHODS]
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -148,8 +148,11 @@ def test_oracle_maps_rank_every_object_pixel_first_without_ties(settings):
         assert maps.max() <= 1 + TIE_NOISE and maps.min() >= 0
     again = attribute_split(None, split, "oracle_object", settings, device="cpu", seed=3)
     assert np.array_equal(obj, again)
-    with pytest.raises(Exception, match="segmentation masks"):
-        attribute(None, torch.zeros(1, 3, 4, 4), TARGETS[:1], "oracle_object", settings)
+    # through attribute() too, batch by batch: the same maps
+    batched = torch.cat([attribute(None, torch.zeros(2, 3, 16, 16), TARGETS[:2] * 0, "oracle_object",
+                                   settings, seed=3, masks=torch.from_numpy(split.masks[i:i + 2]),
+                                   ids=split.ids[i:i + 2]) for i in (0, 2)])
+    assert np.array_equal(batched.numpy(), obj)
 
 
 @pytest.mark.parametrize("method", MODEL_METHODS)

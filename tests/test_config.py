@@ -75,3 +75,19 @@ def test_epochs_override_replaces_only_the_epoch_count():
     settings = train_settings(config, "black", epochs=2)
     assert settings["epochs"] == 2 and settings["lr"] == 0.5
     assert config["train_overrides"]["black"]["epochs"] == 7
+
+
+def test_every_schema_key_has_a_description():
+    """The README promises every key is documented in the schema."""
+    schema = yaml.safe_load((REPO / "xaipipe" / "schema" / "config.schema.yaml").read_text())
+    missing = []
+
+    def walk(node, path):
+        for key, sub in (node.get("properties") or {}).items():
+            where = f"{path}.{key}" if path else key
+            if not sub.get("description"):
+                missing.append(where)
+            walk(sub, where)
+
+    walk(schema, "")
+    assert not missing, missing

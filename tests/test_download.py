@@ -295,3 +295,15 @@ def test_script_on_empty_voc_root_exits_1_without_manifest(tmp_path):
     assert str(empty) in result.stderr and "point at its parent" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "results" / "data" / "voc2012" / "manifest.json").exists()
+
+
+def test_schema_defaults_are_torchvisions_voc2012_url_and_md5():
+    """The schema is the one place the official tar's URL and MD5 live; they must stay what
+    torchvision's VOCSegmentation uses for 2012."""
+    from torchvision.datasets.voc import DATASET_YEAR_DICT
+
+    from xaipipe.config import validate_config
+
+    dataset = validate_config({})["dataset"]
+    assert dataset["url"] == DATASET_YEAR_DICT["2012"]["url"]
+    assert dataset["md5"] == DATASET_YEAR_DICT["2012"]["md5"]

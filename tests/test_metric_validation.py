@@ -118,7 +118,8 @@ def test_stage_missing_oracle_maps_exit_1_without_output(make_config, fake_varia
 
 
 @pytest.mark.slow
-def test_every_metric_orders_the_oracles_on_a_black_model_of_the_synthetic_world(make_config):
+def test_every_metric_orders_the_oracles_on_a_black_model_of_the_synthetic_world(
+        make_config, one_torch_thread):
     """The whole chain in-process on the demo's synthetic world: a black-background model
     (the object is its only cue), the oracle maps and random through ROAR, KAR (two seeds,
     retraining), ROAD, SCG, CCG, energy in mask and pointing game. Every metric must order
@@ -131,33 +132,28 @@ def test_every_metric_orders_the_oracles_on_a_black_model_of_the_synthetic_world
     from xaipipe.explain.attribution import run_attribute_stage
     from xaipipe.train_stage import run_train_stage
 
-    previous = torch.get_num_threads()
     # 98 % removed: where remove-and-retrain separates maps in this world (docs/roar.md); the
     # demo's other fraction, 0.5, would double the retraining time of this test
     fractions = [0.98]
-    config = make_config({"device": "cpu", "variants": ["black"], "train": {"num_threads": 1},
-                          "roar": {"fractions": fractions}})
-    try:
-        make_synthetic(config)
-        write_index(config)
-        materialise_variants(config, ["black"])
-        run_train_stage(config, "black")
-        for method in SUBJECTS:
-            run_attribute_stage(config, "black", method)
-        runs = pd.DataFrame([
-            {"kind": kind, "variant": "black", "method": method, "fraction": f, "seed": seed,
-             "accuracy": run_roar(config, kind, "black", method, f, seed,
-                                  torch.device("cpu"))["accuracy"]}
-            for kind in ("roar", "kar") for f in fractions for seed in (0, 1)
-            for method in SUBJECTS])
-        road = pd.DataFrame([
-            {"variant": "black", "method": method,
-             **{f"mean_accuracy_{row['order']}": row["accuracy"] for row in
-                run_road(config, "black", method, torch.device("cpu"))["curves"]}}
-            for method in SUBJECTS])
-        stage = metric_validation.run_metric_validation(config, "black")
-    finally:
-        torch.set_num_threads(previous)
+    config = make_config({"device": "cpu", "variants": ["black"], "roar": {"fractions": fractions}})
+    make_synthetic(config)
+    write_index(config)
+    materialise_variants(config, ["black"])
+    run_train_stage(config, "black")
+    for method in SUBJECTS:
+        run_attribute_stage(config, "black", method)
+    runs = pd.DataFrame([
+        {"kind": kind, "variant": "black", "method": method, "fraction": f, "seed": seed,
+         "accuracy": run_roar(config, kind, "black", method, f, seed,
+                              torch.device("cpu"))["accuracy"]}
+        for kind in ("roar", "kar") for f in fractions for seed in (0, 1)
+        for method in SUBJECTS])
+    road = pd.DataFrame([
+        {"variant": "black", "method": method,
+         **{f"mean_accuracy_{row['order']}": row["accuracy"] for row in
+            run_road(config, "black", method, torch.device("cpu"))["curves"]}}
+        for method in SUBJECTS])
+    stage = metric_validation.run_metric_validation(config, "black")
     table = validation_table(roar_runs=runs, road_scores=road, stage_tables=stage,
                              variants=["black"])
     # ROAR, KAR, ROAD MoRF/LeRF, SCG and CCG per kernel and rho, energy in mask, pointing game

@@ -137,21 +137,13 @@ def test_roar_stage_missing_maps_exit_1_without_output(make_config, fake_variant
 
 # --- a small real remove-and-retrain run -------------------------------------------------
 
-@pytest.fixture
-def restore_torch_threads():
-    """train.num_threads sets torch's global thread count; put it back for later tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_object_map_degrades_roar_faster_than_random(make_config, fake_variant_store, tmp_path,
-                                                     restore_torch_threads):
+                                                     one_torch_thread):
     """The fake split's class is only in the object's colour: removing the object (the mask as
     attribution) must hurt retrained accuracy far more than removing random pixels.
     (One torch thread: on a loaded 2-core machine more threads only contend.)"""
     config = make_config({"device": "cpu", "roar": {"epochs": 3},
-                          "train": {"batch_size": 16, "num_threads": 1}})
+                          "train": {"batch_size": 16}})
     stores = fake_variant_store(config, splits={"train": 48, "val_matched": 32}, size=32)
     rng = np.random.default_rng(0)
     for split, store in stores.items():
@@ -173,13 +165,13 @@ def test_object_map_degrades_roar_faster_than_random(make_config, fake_variant_s
 
 
 def test_retrained_model_is_tested_on_the_matched_split_by_default(
-        make_config, fake_variant_store, restore_torch_threads):
+        make_config, fake_variant_store, one_torch_thread):
     """Survey §4.4 step 3: train and test data from the same distribution. The store's val
     split here holds the same images as val_matched with every label shifted by one, so a
     run that tests on the unmodified val (the old behaviour) scores ~0 where val_matched
     scores high; roar.eval_split: val keeps that column available."""
     config = make_config({"device": "cpu", "roar": {"epochs": 3},
-                          "train": {"batch_size": 16, "num_threads": 1}})
+                          "train": {"batch_size": 16}})
     stores = fake_variant_store(config, splits={"train": 48, "val_matched": 32}, size=32)
     shifted = stores["val_matched"]
     shifted.labels = (shifted.labels + 1) % 4
@@ -197,7 +189,7 @@ def test_retrained_model_is_tested_on_the_matched_split_by_default(
 
 @pytest.mark.slow
 def test_gradient_maps_of_a_black_model_beat_random_on_the_synthetic_world(
-        make_config, restore_torch_threads):
+        make_config, one_torch_thread):
     """The whole chain on the demo's synthetic data (256 train images, 40 px), in-process:
     generate, index, the black variant, train, gradient + random maps, ROAR at 70 % with two
     retraining seeds. Black-background training makes gradient maps point at the object
@@ -211,7 +203,7 @@ def test_gradient_maps_of_a_black_model_beat_random_on_the_synthetic_world(
     from xaipipe.train_stage import run_train_stage
 
     config = make_config({"device": "cpu", "variants": ["black"],
-                          "synthetic": {"val_images": 60}, "train": {"num_threads": 1}})
+                          "synthetic": {"val_images": 60}, "train": {}})
     make_synthetic(config)
     write_index(config)
     materialise_variants(config, ["black"])

@@ -32,7 +32,7 @@ SETTINGS = {
     "step_gamma": 0.1, "label_smoothing": 0.0, "recalibrate_bn_images": 0,
     "augment": {"random_resized_crop_scale": [0.6, 1.0], "hflip": True},
     "pretrained": "none", "amp": True, "channels_last": True, "compile": False,
-    "checkpoint_every": 1, "num_threads": 1,
+    "checkpoint_every": 1,
 }
 
 
@@ -332,8 +332,7 @@ def test_pretrained_imagenet_offline_says_where_to_put_weights(tmp_path, monkeyp
 
 def _stage_config(make_config):
     return make_config({"resolution": 32, "device": "cpu", "train": {
-        "epochs": 1, "batch_size": 16, "optimizer": "adam", "lr": 0.001, "checkpoint_every": 1,
-        "num_threads": 1}})
+        "epochs": 1, "batch_size": 16, "optimizer": "adam", "lr": 0.001, "checkpoint_every": 1}})
 
 
 def test_stage_writes_model_metrics_history_and_curve(make_config, fake_variant_store):

@@ -7,9 +7,8 @@ written to results/explain/<variant>/attributions/<method>_<split>.npy
 
 import sys
 
-from xaipipe.cli import run_stage, stage_parser
-from xaipipe.data.variants import VARIANTS
-from xaipipe.explain.attribution import METHODS, run_attribute_stage
+from xaipipe.cli import add_method_argument, add_variant_argument, run_stage, stage_parser
+from xaipipe.explain.attribution import run_attribute_stage
 
 
 def main(args, config):
@@ -18,6 +17,6 @@ def main(args, config):
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, choices=VARIANTS, help="training variant")
-    parser.add_argument("--method", required=True, choices=METHODS, help="attribution method")
+    add_variant_argument(parser)
+    add_method_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -7,8 +7,7 @@ variant on its val images: results/evaluate/metrics/<variant>/confidence_gain.cs
 
 import sys
 
-from xaipipe.cli import run_stage, stage_parser
-from xaipipe.data.variants import VARIANTS
+from xaipipe.cli import add_variant_argument, run_stage, stage_parser
 from xaipipe.evaluate.confidence_gain import run_confidence_gain
 
 
@@ -18,6 +17,5 @@ def main(args, config):
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, choices=VARIANTS,
-                        help="training variant (paper section IV)")
+    add_variant_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -8,8 +8,7 @@ results/evaluate/metrics/<variant>/metric_validation.csv
 
 import sys
 
-from xaipipe.cli import run_stage, stage_parser
-from xaipipe.data.variants import VARIANTS
+from xaipipe.cli import add_variant_argument, run_stage, stage_parser
 from xaipipe.evaluate.metric_validation import run_metric_validation
 
 
@@ -19,6 +18,5 @@ def main(args, config):
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, choices=VARIANTS,
-                        help="a variant of metric_validation.variants")
+    add_variant_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -6,7 +6,7 @@ noisy linear imputation; no retraining. Writes ``paths.road_result(config, varia
 import sys
 
 from xaipipe import paths
-from xaipipe.cli import run_stage, stage_parser
+from xaipipe.cli import add_method_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.device import claim_device
 from xaipipe.evaluate.road import run_road
 from xaipipe.io import write_json
@@ -20,8 +20,8 @@ def main(args, config):
 
 def build_parser():
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, help="training variant, e.g. standard")
-    parser.add_argument("--method", required=True, help="attribution method, e.g. gradcam")
+    add_variant_argument(parser)
+    add_method_argument(parser)
     return parser
 
 

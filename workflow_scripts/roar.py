@@ -8,7 +8,7 @@ training-set channel mean, retrains a fresh ResNet18 and writes
 import sys
 
 from xaipipe import paths
-from xaipipe.cli import run_stage, stage_parser
+from xaipipe.cli import add_method_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.device import claim_device
 from xaipipe.evaluate.roar import KINDS, run_roar
 from xaipipe.io import write_json
@@ -26,8 +26,8 @@ def build_parser():
     parser = stage_parser(__doc__)
     parser.add_argument("--kind", required=True, choices=KINDS,
                         help="roar removes the top fraction, kar keeps only it")
-    parser.add_argument("--variant", required=True, help="training variant, e.g. standard")
-    parser.add_argument("--method", required=True, help="attribution method, e.g. gradcam or random")
+    add_variant_argument(parser)
+    add_method_argument(parser)
     parser.add_argument("--fraction", required=True, type=float, help="fraction of pixels, e.g. 0.3")
     parser.add_argument("--seed", required=True, type=int,
                         help="retraining seed index (trains with config seed + this)")

@@ -7,8 +7,7 @@ randomisation and the random-label model, into results/explain/<variant>/sanity/
 
 import sys
 
-from xaipipe.cli import run_stage, stage_parser
-from xaipipe.data.variants import VARIANTS
+from xaipipe.cli import add_variant_argument, run_stage, stage_parser
 from xaipipe.explain.sanity import run_sanity_stage
 
 
@@ -18,5 +17,5 @@ def main(args, config):
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, choices=VARIANTS, help="training variant")
+    add_variant_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -6,8 +6,7 @@ under results/models/<variant>/ (see xaipipe.train_stage).
 
 import sys
 
-from xaipipe.cli import run_stage, stage_parser
-from xaipipe.data.variants import VARIANTS
+from xaipipe.cli import add_variant_argument, run_stage, stage_parser
 from xaipipe.train_stage import run_train_stage
 
 
@@ -17,6 +16,5 @@ def main(args, config):
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, choices=VARIANTS,
-                        help="training variant (paper section IV)")
+    add_variant_argument(parser)
     sys.exit(run_stage(main, parser))

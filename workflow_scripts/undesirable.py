@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import sys
 
-from xaipipe.cli import run_stage, stage_parser
+from xaipipe.cli import add_variant_argument, run_stage, stage_parser
 from xaipipe.explain.undesirable import run_undesirable_stage
 
 
 def build_parser():
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, help="training variant (standard, black, noise, mixed)")
+    add_variant_argument(parser)
     return parser
 
 

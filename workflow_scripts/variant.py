@@ -5,14 +5,13 @@ Writes ``paths.variant_dir(config, variant)`` (splits train, val, val_matched) a
 
 import sys
 
-from xaipipe.cli import run_stage, stage_parser
-from xaipipe.data.variants import VARIANTS, materialise_variants
+from xaipipe.cli import add_variant_argument, run_stage, stage_parser
+from xaipipe.data.variants import materialise_variants
 
 
 def build_parser():
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", nargs="+", required=True, choices=VARIANTS,
-                        help="variant(s) to write; several share one decode/resize pass")
+    add_variant_argument(parser, many=True)  # several share one decode/resize pass
     return parser
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
-NON_RESULT_SETTINGS = ("checkpoint_every", "num_threads", "compile", "bg_only_fill")
+NON_RESULT_SETTINGS = ("checkpoint_every", "compile", "bg_only_fill")
 """Train settings that change speed, bookkeeping or the after-training probes but not the
 trained weights; a checkpoint stays valid when only these differ."""
 

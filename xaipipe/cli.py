@@ -16,8 +16,9 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from xaipipe import registry
 from xaipipe.config import load_config
-from xaipipe.errors import XaipipeError
+from xaipipe.errors import ConfigError, XaipipeError
 
 log = logging.getLogger("xaipipe")
 
@@ -40,6 +41,31 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_variant_argument(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--variant NAME`` (``many``: one or more): a registered training variant. The name is
+    checked against :mod:`xaipipe.registry` once the config (and its plug-ins) is loaded."""
+    builtins = ", ".join(registry.BUILTIN_VARIANTS)
+    parser.add_argument("--variant", required=True, nargs="+" if many else None, metavar="NAME",
+                        help=f"training variant: {builtins}, or a plugins.variants name")
+
+
+def add_method_argument(parser: argparse.ArgumentParser) -> None:
+    """``--method NAME``: a registered attribution method (checked like ``--variant``)."""
+    builtins = ", ".join(registry.BUILTIN_METHODS)
+    parser.add_argument("--method", required=True, metavar="NAME",
+                        help=f"attribution method: {builtins}, or a plugins.methods name")
+
+
+def check_registered(args: argparse.Namespace, config: dict) -> None:
+    """A :class:`ConfigError` when ``--variant`` / ``--method`` name nothing registered."""
+    for flag, known in (("variant", registry.variants(config)), ("method", registry.methods(config))):
+        given = getattr(args, flag, None)
+        for name in ([] if given is None else given if isinstance(given, list) else [given]):
+            if name not in known:
+                raise ConfigError(f"--{flag} {name!r} is not registered; known: "
+                                  f"{', '.join(known)} (plug-ins go under plugins.{flag}s)")
+
+
 def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse.ArgumentParser,
               argv: Sequence[str] | None = None) -> int:
     """Parse arguments, load + validate the config, run ``main(args, config)``.
@@ -56,6 +82,7 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse
     logging.getLogger("xaipipe").info("%s started: %s", parser.prog, " ".join(argv or sys.argv[1:]))
     try:
         config = load_config(args.config)
+        check_registered(args, config)
         main(args, config)
     except XaipipeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ import yaml
 
 from xaipipe.errors import ConfigError
 from xaipipe.pretrained import check_pretrained
+from xaipipe.registry import check_names
 
 SCHEMA_PATH = Path(str(resources.files("xaipipe") / "schema" / "config.schema.yaml"))
 
@@ -77,6 +78,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
             + f"\n(schema: {SCHEMA_PATH})"
         )
     _check_cross_field(config, source)
+    problems = check_names(config)
+    if problems:
+        raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(problems))
     check_pretrained(config)
     return config
 

@@ -40,7 +40,6 @@ from xaipipe.report.aggregate import TABLES as REPORT_TABLES
 SCRIPTS_DIR = "workflow_scripts"
 LOG_DIR = "logs"
 BENCHMARK_DIR = "benchmarks"
-ALL_VARIANTS = ("standard", "black", "noise", "mixed")
 
 
 class Placeholder(str):

@@ -179,18 +179,6 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """``torch.set_num_threads(count)`` for the duration when ``count`` > 0 (restored after)."""
-    previous = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -268,7 +256,7 @@ def train_classifier(train: Split, settings: Mapping[str, Any], *, num_classes: 
     if int(train.labels.max()) >= num_classes or int(train.labels.min()) < 0:
         raise DataError(f"training labels span {int(train.labels.min())}..{int(train.labels.max())} "
                         f"but num_classes is {num_classes}")
-    with _deterministic(device.type == "cpu"), _torch_threads(settings["num_threads"]):
+    with _deterministic(device.type == "cpu"):
         return _train(train, settings, num_classes, seed, device, evals, checkpoint_dir, desc)
 
 

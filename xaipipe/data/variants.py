@@ -1,4 +1,5 @@
-"""The ``variant`` stage: the four training sets of paper §IV as tensor stores.
+"""The ``variant`` stage: the training sets of paper §IV (and any plug-in variant,
+:mod:`xaipipe.registry`) as tensor stores.
 
 Paper §IV ("Targeted Background Removal Creates Interpretable Feature Visualizations"): the
 background is removed by "an elementwise multiplication between the image and the
@@ -36,12 +37,13 @@ from xaipipe import paths
 from xaipipe.data.index import class_histogram, read_index
 from xaipipe.data.resize import load_resized
 from xaipipe.data.store import Split, write_split
+from xaipipe.errors import ConfigError
 from xaipipe.io import atomic_path, write_json
+from xaipipe.registry import variant_function
 from xaipipe.seeds import id_seed
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("standard", "black", "noise", "mixed")
 _NOISE_STREAM = 1
 _MIXED_STREAM = 2
 
@@ -81,21 +83,51 @@ def mixed_selection(ids: Sequence[str], seed: int, fraction: float) -> np.ndarra
     return selected
 
 
+# --- the built-in variants, each with the registry's signature (xaipipe.registry) -----------
+
+def standard_variant(images, masks, ids, *, seed, settings):
+    """``standard``: the images as they are."""
+    return images
+
+
+def black_variant(images, masks, ids, *, seed, settings):
+    """``black``: background set to 0 (:func:`remove_background`)."""
+    return remove_background(images, masks)
+
+
+def noise_variant(images, masks, ids, *, seed, settings):
+    """``noise``: background replaced by per-image seeded Gaussian noise
+    (:func:`noise_background`, ``variant.noise_mean`` / ``noise_std``)."""
+    return noise_background(images, masks, ids, seed, settings["noise_mean"], settings["noise_std"])
+
+
+def mixed_variant(images, masks, ids, *, seed, settings):
+    """``mixed``: the :func:`mixed_selection` rows black-background, the rest unchanged; the
+    selection is the treated rows (an image that is all object stays as it was, but was
+    chosen: exactly half are chosen)."""
+    selected = mixed_selection(ids, seed, settings["mixed_fraction"])
+    return np.where(selected[:, None, None, None], remove_background(images, masks), images), selected
+
+
 def apply_variant(variant: str, images: np.ndarray, masks: np.ndarray, ids: Sequence[str],
                   config: Mapping) -> tuple[np.ndarray, np.ndarray]:
-    """Return (treated images, boolean 'background replaced' per row) for ``variant``."""
-    settings, seed = config["variant"], config["seed"]
-    if variant == "standard":
-        return images, np.zeros(len(ids), dtype=bool)
-    if variant == "black":
-        return remove_background(images, masks), np.ones(len(ids), dtype=bool)
-    if variant == "noise":
-        return (noise_background(images, masks, ids, seed, settings["noise_mean"], settings["noise_std"]),
-                np.ones(len(ids), dtype=bool))
-    if variant == "mixed":
-        selected = mixed_selection(ids, seed, settings["mixed_fraction"])
-        return np.where(selected[:, None, None, None], remove_background(images, masks), images), selected
-    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    """Return (treated images, boolean 'background replaced' per row) for the registered
+    ``variant`` (:mod:`xaipipe.registry`, plug-ins included). A variant function returns the
+    images, or ``(images, treated rows)``; without the rows, a row counts as replaced when
+    the treatment changed any of its pixels."""
+    treat = variant_function(variant, config)
+    result = treat(images, masks, list(ids), seed=config["seed"], settings=config["variant"])
+    out, treated = result if isinstance(result, tuple) else (result, None)
+    out = np.asarray(out)
+    if out.shape != images.shape or out.dtype != np.uint8:
+        raise ConfigError(f"variant {variant!r} returned {out.dtype} {out.shape} for uint8 "
+                          f"{images.shape}; it must return uint8 N x 3 x H x W (see "
+                          "xaipipe.registry)")
+    if treated is not None:
+        return out, np.asarray(treated, dtype=bool)
+    replaced = (out != images).reshape(len(out), -1).any(axis=1) if len(out) else \
+        np.zeros(0, dtype=bool)
+    return out, replaced
 
 
 def _split_meta(config: Mapping, variant: str, split: str, ids: list[str], class_names: list[str],
@@ -113,9 +145,8 @@ def materialise_variants(config: Mapping, variants: Sequence[str]) -> dict[str, 
     (``paths.variant_summary``) is written after it and marks the variant complete.
     Returns ``{variant: summary}``.
     """
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; expected some of {VARIANTS}")
+    for variant in variants:
+        variant_function(variant, config)  # an unknown name or a broken plug-in stops here
     start = time.perf_counter()
     table, index_log = read_index(config)
     class_names = list(index_log["class_names"])

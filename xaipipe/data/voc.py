@@ -16,11 +16,6 @@ CLASS_NAMES = (
 BACKGROUND = 0
 VOID = 255
 
-TRAINVAL_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
-TRAINVAL_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
-"""URL and MD5 exactly as torchvision.datasets.VOCSegmentation uses them for year 2012."""
-
-
 def palette() -> np.ndarray:
     """The VOC colour map (256 x 3 uint8): the bit-interleaving scheme of the devkit."""
     cmap = np.zeros((256, 3), dtype=np.uint8)

@@ -175,6 +175,7 @@ def run_untrained_localisation(config: Mapping) -> pd.DataFrame:
     model = build_model(split.num_classes).eval()
     with claim_device(config["device"]) as device:
         maps = {m: attribute_split(model, split, m, config["explain"], device=device, seed=seed,
+                                   config=config,
                                    desc=f"{m} untrained") for m in methods}
     ties = tie_orders(split_ids(split), int(np.prod(split.masks.shape[1:])), config["seed"])
     rows = localisation_rows(UNTRAINED, maps, split.masks, config["localisation"]["negative"], ties)

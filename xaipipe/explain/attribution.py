@@ -22,8 +22,10 @@ Methods (``explain.methods``) and where they come from:
 * ``random`` -- uniform noise, seeded per (seed, image row): the ROAR random baseline.
 * ``oracle_object`` / ``oracle_background`` -- the ground-truth object mask and its
   complement with seeded tie noise (:mod:`xaipipe.explain.oracle`), the known-good and
-  known-bad explanations that validate every metric; they need the split's masks, so only
-  :func:`attribute_split` computes them.
+  known-bad explanations that validate every metric (they read the batch's masks and ids).
+
+Each method is a function with the registry's signature (:mod:`xaipipe.registry`), so a
+plug-in method (``plugins.methods``) runs through exactly the same code.
 
 Every method returns float32 N x H x W, and the stage stores float32: float16 would push
 SmoothGrad² and VarGrad values into subnormals (87 % and 98 % of the values of a measured
@@ -39,7 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -53,15 +55,13 @@ from xaipipe.data.store import Split, read_split
 from xaipipe.device import claim_device
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.explain.cmwp import cmwp_maps
-from xaipipe.explain.oracle import ORACLE_METHODS, oracle_maps
 from xaipipe.io import save_npy
 from xaipipe.models import images_to_float, load_model
+from xaipipe.registry import method_function
 from xaipipe.seeds import named_seed
 
 log = logging.getLogger(__name__)
 
-METHODS = ("gradient", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad",
-           "guided_backprop", "gradcam", "occlusion", "cmwp", "random", *ORACLE_METHODS)
 CHANNEL_REDUCTIONS = ("abs_sum", "max", "abs_max", "sum")
 
 
@@ -114,57 +114,112 @@ def random_maps(shape: tuple[int, int, int], seed: int, first_index: int) -> tor
     return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(shape)
 
 
-def attribute(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, method: str,
-              settings: Mapping[str, Any], *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
-    """Attribution maps (float32 N x H x W, on the images' device) of ``targets`` (N class
-    indices) for [0, 1] ``images`` (N x 3 x H x W, on the model's device).
+# --- the built-in methods, each with the registry's signature (xaipipe.registry) ----------
 
-    ``settings`` is the ``explain`` config section. ``seed`` drives the noise of the noise
-    tunnels and the random baseline; ``first_index`` is the row of ``images[0]`` in its split,
-    so random maps do not depend on the batch size.
-    """
-    if method not in METHODS:
-        raise ConfigError(f"unknown attribution method {method!r}; choose one of {METHODS}")
-    if method in ORACLE_METHODS:
-        raise ConfigError(f"{method} is built from the segmentation masks; use attribute_split")
-    n, _, h, w = images.shape
-    if method == "random":
-        return random_maps((n, h, w), seed, first_index).to(images.device)
-    model = hookable_copy(model)
-    targets = targets.to(images.device)
-    if method == "cmwp":
-        return cmwp_maps(model, images, targets, settings["cmwp_layer"])
-    images = images.detach().clone().requires_grad_(True)
-    chunk = max(1, settings["internal_batch_size"] // max(1, n))
-    if method == "gradcam":
-        cam = LayerGradCam(model, model.backbone.layer4).attribute(images, target=targets,
-                                                                   relu_attributions=True)
-        cam = LayerAttribution.interpolate(cam, (h, w), interpolate_mode="bilinear")
-        return cam[:, 0].detach().float()
-    if method == "occlusion":
-        window, stride = occlusion_window(h, settings["occlusion_patch"])
-        attr = Occlusion(model).attribute(images, target=targets, baselines=0.0,
-                                          sliding_window_shapes=(3, window, window),
-                                          strides=(3, stride, stride), perturbations_per_eval=chunk)
-        return attr[:, 0].detach().float()
-    if method == "gradient":
-        attr = Saliency(model).attribute(images, target=targets, abs=False)
-    elif method == "guided_backprop":
-        with warnings.catch_warnings():   # Captum announces its temporary ReLU hooks on every call
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-            attr = GuidedBackprop(model).attribute(images, target=targets)
-    elif method == "integrated_gradients":
-        attr = IntegratedGradients(model).attribute(
-            images, baselines=torch.zeros_like(images), target=targets,
-            n_steps=settings["ig_steps"], internal_batch_size=settings["internal_batch_size"])
-    else:
+def _grad_input(images: torch.Tensor) -> torch.Tensor:
+    return images.detach().clone().requires_grad_(True)
+
+
+def _chunk(settings: Mapping[str, Any], n: int) -> int:
+    """Perturbed copies per forward pass inside IG / noise tunnels / occlusion."""
+    return max(1, settings["internal_batch_size"] // max(1, n))
+
+
+def gradient(model, images, targets, *, settings, **_):
+    """Captum ``Saliency``: the input gradient of the target logit, channels reduced."""
+    attr = Saliency(model).attribute(_grad_input(images), target=targets, abs=False)
+    return reduce_channels(attr.detach().float(), settings["channel_reduce"])
+
+
+def integrated_gradients(model, images, targets, *, settings, **_):
+    """Captum ``IntegratedGradients`` from a black baseline, ``ig_steps`` steps."""
+    attr = IntegratedGradients(model).attribute(
+        _grad_input(images), baselines=torch.zeros_like(images), target=targets,
+        n_steps=settings["ig_steps"], internal_batch_size=settings["internal_batch_size"])
+    return reduce_channels(attr.detach().float(), settings["channel_reduce"])
+
+
+def _noise_tunnel(kind: str):
+    def explain(model, images, targets, *, settings, seed, first_index, **_):
         with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
             torch.manual_seed(int(np.random.SeedSequence([seed, first_index]).generate_state(1)[0]))
             attr = NoiseTunnel(Saliency(model)).attribute(
-                images, nt_type=method, nt_samples=settings["noise_tunnel_samples"],
-                nt_samples_batch_size=chunk, stdevs=float(settings["noise_tunnel_stdev"]),
-                target=targets, abs=False)
+                _grad_input(images), nt_type=kind, nt_samples=settings["noise_tunnel_samples"],
+                nt_samples_batch_size=_chunk(settings, len(images)),
+                stdevs=float(settings["noise_tunnel_stdev"]), target=targets, abs=False)
+        return reduce_channels(attr.detach().float(), settings["channel_reduce"])
+    explain.__doc__ = (f"Captum ``NoiseTunnel`` ({kind}) over the gradient, noise seeded by "
+                       "(seed, first_index).")
+    return explain
+
+
+smoothgrad = _noise_tunnel("smoothgrad")
+smoothgrad_sq = _noise_tunnel("smoothgrad_sq")
+vargrad = _noise_tunnel("vargrad")
+
+
+def guided_backprop(model, images, targets, *, settings, **_):
+    """Captum ``GuidedBackprop`` (on the non-inplace-ReLU copy), channels reduced."""
+    with warnings.catch_warnings():   # Captum announces its temporary ReLU hooks on every call
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+        attr = GuidedBackprop(model).attribute(_grad_input(images), target=targets)
     return reduce_channels(attr.detach().float(), settings["channel_reduce"])
+
+
+def gradcam(model, images, targets, **_):
+    """Captum ``LayerGradCam`` on ``backbone.layer4`` with ReLU, upsampled bilinearly."""
+    h, w = images.shape[2:]
+    cam = LayerGradCam(model, model.backbone.layer4).attribute(_grad_input(images), target=targets,
+                                                               relu_attributions=True)
+    return LayerAttribution.interpolate(cam, (h, w), interpolate_mode="bilinear")[:, 0].detach().float()
+
+
+def occlusion(model, images, targets, *, settings, **_):
+    """Captum ``Occlusion``: a black square of ``occlusion_patch`` px at 224 px, scaled."""
+    window, stride = occlusion_window(images.shape[2], settings["occlusion_patch"])
+    attr = Occlusion(model).attribute(_grad_input(images), target=targets, baselines=0.0,
+                                      sliding_window_shapes=(3, window, window),
+                                      strides=(3, stride, stride),
+                                      perturbations_per_eval=_chunk(settings, len(images)))
+    return attr[:, 0].detach().float()
+
+
+def cmwp(model, images, targets, *, settings, **_):
+    """Contrastive excitation backprop (:mod:`xaipipe.explain.cmwp`)."""
+    return cmwp_maps(model, images, targets, settings["cmwp_layer"])
+
+
+def random_baseline(model, images, targets, *, seed, first_index, **_):
+    """Uniform noise seeded per (seed, image row): the ROAR random baseline."""
+    n, _, h, w = images.shape
+    return random_maps((n, h, w), seed, first_index).to(images.device)
+
+
+def attribute(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, method: str,
+              settings: Mapping[str, Any], *, seed: int = 0, first_index: int = 0,
+              masks: torch.Tensor | None = None, ids: Sequence[str] | None = None,
+              config: Mapping | None = None) -> torch.Tensor:
+    """Attribution maps (float32 N x H x W, on the images' device) of ``targets`` (N class
+    indices) for [0, 1] ``images`` (N x 3 x H x W, on the model's device), by the registered
+    method ``method`` (:mod:`xaipipe.registry`; ``config`` adds its plug-ins).
+
+    ``settings`` is the ``explain`` config section. ``seed`` drives the noise of the noise
+    tunnels and the random baseline; ``first_index`` is the row of ``images[0]`` in its split,
+    so random maps do not depend on the batch size; ``masks`` and ``ids`` (the oracle maps
+    need them) default to empty masks and row numbers.
+    """
+    explain = method_function(method, config)
+    n, _, h, w = images.shape
+    masks = masks if masks is not None else torch.zeros(n, h, w, dtype=torch.uint8)
+    ids = list(ids) if ids is not None else [str(first_index + i) for i in range(n)]
+    maps = explain(hookable_copy(model) if model is not None else None, images,
+                   targets.to(images.device), settings=settings, seed=seed,
+                   first_index=first_index, masks=masks.to(images.device), ids=ids)
+    if tuple(maps.shape) != (n, h, w):
+        raise ConfigError(f"attribution method {method!r} returned maps of shape "
+                          f"{tuple(maps.shape)} for {n} images of {h}x{w}; it must return "
+                          "N x H x W (see xaipipe.registry)")
+    return maps.float()
 
 
 def choose_targets(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tensor:
@@ -177,25 +232,28 @@ def choose_targets(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     raise ConfigError(f"explain.target must be label or predicted, got {target!r}")
 
 
-def attribute_split(model: nn.Module, split: Split, method: str, settings: Mapping[str, Any], *,
-                    device: torch.device, seed: int, desc: str = "") -> np.ndarray:
+def attribute_split(model: nn.Module | None, split: Split, method: str,
+                    settings: Mapping[str, Any], *, device: torch.device, seed: int,
+                    desc: str = "", config: Mapping | None = None) -> np.ndarray:
     """Maps for every row of a tensor-store split: float32 N x H x W, row order kept.
 
-    Batches of ``settings['batch_size']`` images are moved to ``device`` and attributed there;
-    the oracle methods are built from the split's masks and ids instead.
+    Batches of ``settings['batch_size']`` images (with their masks and ids) are moved to
+    ``device`` and attributed there by :func:`attribute` (``config`` adds its plug-ins). The
+    oracle maps need no model (``model=None``).
     """
-    if method in ORACLE_METHODS:
-        return oracle_maps(split.masks, split.ids, method, seed)
-    model = hookable_copy(model.to(device))
+    model = hookable_copy(model.to(device)) if model is not None else None
     n, _, h, w = split.images.shape
+    ids = split.ids if len(split.ids) == n else [str(i) for i in range(n)]
     out = np.empty((n, h, w), dtype=np.float32)
     batch = settings["batch_size"]
     for start in tqdm(range(0, n, batch), desc=desc or f"attribute {method}", unit="batch",
                       disable=n <= batch):
         images = images_to_float(torch.from_numpy(np.array(split.images[start:start + batch])).to(device))
         labels = torch.from_numpy(np.array(split.labels[start:start + batch])).to(device)
+        masks = torch.from_numpy(np.array(split.masks[start:start + batch])).to(device)
         targets = choose_targets(model, images, labels, settings["target"])
-        maps = attribute(model, images, targets, method, settings, seed=seed, first_index=start)
+        maps = attribute(model, images, targets, method, settings, seed=seed, first_index=start,
+                         masks=masks, ids=ids[start:start + batch], config=config)
         out[start:start + len(images)] = maps.cpu().numpy()
     return out
 
@@ -223,6 +281,7 @@ def run_attribute_stage(config: Mapping[str, Any], variant: str, method: str) ->
     with claim_device(config["device"]) as device:
         for name, split in splits.items():
             maps = attribute_split(model, split, method, settings, device=device, seed=seed,
+                                   config=config,
                                    desc=f"{method} {variant}/{name}")
             target = paths.attribution_map(config, variant, method, name)
             save_npy(target, maps)

@@ -37,6 +37,22 @@ TIE_NOISE = 1e-3
 ORACLE_STREAM = zlib.crc32(b"oracle")
 
 
+def object_map(model, images, targets, *, seed, masks, ids, **_):
+    """``oracle_object`` with the registry's method signature (:mod:`xaipipe.registry`)."""
+    return _as_method(masks, ids, "oracle_object", seed, images.device)
+
+
+def background_map(model, images, targets, *, seed, masks, ids, **_):
+    """``oracle_background`` with the registry's method signature."""
+    return _as_method(masks, ids, "oracle_background", seed, images.device)
+
+
+def _as_method(masks, ids, method: str, seed: int, device):
+    import torch
+
+    return torch.from_numpy(oracle_maps(masks.cpu().numpy(), ids, method, seed)).to(device)
+
+
 def oracle_maps(masks: np.ndarray, ids: Sequence[str], method: str, seed: int) -> np.ndarray:
     """float32 N x H x W oracle maps of ``method`` for uint8 N x H x W masks (1 = object)."""
     if method not in ORACLE_METHODS:

@@ -102,15 +102,15 @@ class SignedMaps:
     the oracle maps work too) and targets, for any model (same seed each time)."""
 
     def __init__(self, images: Split, targets: np.ndarray, settings: Mapping[str, Any],
-                 device: torch.device, seed: int):
+                 device: torch.device, seed: int, config: Mapping | None = None):
         self.split = Split(images=images.images, masks=images.masks, labels=targets,
                            meta={"ids": images.ids})
         self.settings = {**settings, "channel_reduce": "sum", "target": "label"}
-        self.device, self.seed = device, seed
+        self.device, self.seed, self.config = device, seed, config
 
     def __call__(self, model: nn.Module, method: str) -> np.ndarray:
         return attribute_split(model, self.split, method, self.settings, device=self.device,
-                               seed=self.seed)
+                               seed=self.seed, config=self.config)
 
 
 def cascading_randomisation(model: nn.Module, maps: SignedMaps, methods: Sequence[str],
@@ -160,7 +160,7 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
             batch = images_to_float(torch.from_numpy(subset.images).to(device))
             targets = choose_targets(model, batch, torch.from_numpy(subset.labels).to(device),
                                      settings["target"]).cpu().numpy()
-        maps = SignedMaps(subset, targets, settings, device, seed)
+        maps = SignedMaps(subset, targets, settings, device, seed, config)
         rows = cascading_randomisation(model, maps, options["methods"], seed)
         if train is not None:
             settings_rl = train_settings(config, variant, epochs=options["data_randomisation_epochs"])
@@ -179,7 +179,8 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
         count = settings["saliency_figure_images"]
         shown = Split(images=np.asarray(val.images[:count]), masks=np.asarray(val.masks[:count]),
                       labels=np.asarray(val.labels[:count]), meta={"ids": val.ids[:count]})
-        figure_maps = {m: attribute_split(model, shown, m, settings, device=device, seed=seed)
+        figure_maps = {m: attribute_split(model, shown, m, settings, device=device, seed=seed,
+                                          config=config)
                        for m in settings["methods"]}
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).sort_values("method", kind="stable")
     names = val.class_names
