@@ -114,22 +114,22 @@ def resolve(target: str, config: Mapping | None = None, what: str = "plug-in") -
     return function
 
 
+def _function(axis: str, what: str, name: str, config: Mapping | None) -> Callable[..., Any]:
+    known = {**AXES[axis], **_plugins(config, axis)}
+    if name not in known:
+        raise ConfigError(f"unknown {what} {name!r}; registered: {', '.join(known)} "
+                          f"(add your own under plugins.{axis})")
+    return resolve(known[name], config, f"plugins.{axis}.{name}")
+
+
 def variant_function(name: str, config: Mapping | None = None) -> Callable[..., Any]:
     """The treatment function of variant ``name``."""
-    known = variants(config)
-    if name not in known:
-        raise ConfigError(f"unknown variant {name!r}; registered: {', '.join(known)} "
-                          "(add your own under plugins.variants)")
-    return resolve(known[name], config, f"plugins.variants.{name}")
+    return _function("variants", "variant", name, config)
 
 
 def method_function(name: str, config: Mapping | None = None) -> Callable[..., Any]:
     """The attribution function of method ``name``."""
-    known = methods(config)
-    if name not in known:
-        raise ConfigError(f"unknown attribution method {name!r}; registered: {', '.join(known)} "
-                          "(add your own under plugins.methods)")
-    return resolve(known[name], config, f"plugins.methods.{name}")
+    return _function("methods", "attribution method", name, config)
 
 
 def _used(config: Mapping) -> dict[str, list[tuple[str, str]]]:
