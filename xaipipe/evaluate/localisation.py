@@ -40,7 +40,7 @@ from xaipipe.baselines import chance_rate, majority_rate
 from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
 from xaipipe.device import claim_device
-from xaipipe.evaluate.removal import load_maps, split_ids, tie_orders
+from xaipipe.evaluate.removal import load_maps, split_ties
 from xaipipe.explain.oracle import REFERENCE_METHODS
 from xaipipe.io import atomic_path
 from xaipipe.models import build_model, load_model
@@ -134,7 +134,7 @@ def method_rows(config: Mapping, variant: str, methods: Sequence[str]) -> list[d
     split = read_split(paths.variant_split_dir(config, variant, "val"))
     maps = {m: load_maps(paths.attribution_map(config, variant, m, "val"), split)
             for m in methods}
-    ties = tie_orders(split_ids(split), int(np.prod(split.masks.shape[1:])), config["seed"])
+    ties = split_ties(split, config["seed"])
     return localisation_rows(variant, maps, split.masks, config["localisation"]["negative"], ties)
 
 
@@ -177,7 +177,7 @@ def run_untrained_localisation(config: Mapping) -> pd.DataFrame:
         maps = {m: attribute_split(model, split, m, config["explain"], device=device, seed=seed,
                                    config=config,
                                    desc=f"{m} untrained") for m in methods}
-    ties = tie_orders(split_ids(split), int(np.prod(split.masks.shape[1:])), config["seed"])
+    ties = split_ties(split, config["seed"])
     rows = localisation_rows(UNTRAINED, maps, split.masks, config["localisation"]["negative"], ties)
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(paths.untrained_localisation_table(config)) as tmp:

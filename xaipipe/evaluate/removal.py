@@ -108,6 +108,11 @@ def split_ids(split: Split) -> list[str]:
     return ids
 
 
+def split_ties(split: Split, seed: int) -> torch.Tensor:
+    """:func:`tie_orders` of every row of ``split`` (one permutation of its pixels per image)."""
+    return tie_orders(split_ids(split), int(np.prod(split.images.shape[2:])), seed)
+
+
 def rank_order(maps: torch.Tensor, ties: torch.Tensor) -> torch.Tensor:
     """``N x (H*W)`` flat pixel indices of each map from most to least relevant: descending
     score, equal scores in the order of ``ties`` (:func:`tie_orders`)."""

@@ -33,7 +33,7 @@ from xaipipe import paths
 from xaipipe.config import train_settings
 from xaipipe.data.store import Split, read_split
 from xaipipe.errors import ConfigError, DataError
-from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask, split_ids, tie_orders
+from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask, split_ties
 from xaipipe.models import load_model
 from xaipipe.train import predict
 
@@ -117,7 +117,7 @@ def road_curves(model: torch.nn.Module, split: Split, maps: np.ndarray,
     scores = torch.as_tensor(np.array(maps, dtype=np.float32))
     labels = np.asarray(split.labels)
     n, _, height, width = split.images.shape
-    ties = tie_orders(split_ids(split), height * width, seed)
+    ties = split_ties(split, seed)
     rows = []
     grid = [(o, f) for o in range(len(ORDERS)) for f in range(len(fractions))]
     for order_index, fraction_index in tqdm(grid, desc=desc, unit="curve point"):

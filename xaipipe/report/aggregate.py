@@ -394,7 +394,7 @@ def aggregate_tables(config: Mapping, config_files: Sequence[str] = ()) -> dict[
                                            paths.featvis_metrics_table(config), FEATVIS_COLUMNS)),
     }
     sources.rows += [{"table": settings.TABLE, "path": key, "status": value}
-                     for key, value in settings.run_settings(config, config_files)]
+                     for key, value in settings.run_settings(config, config_files, first)]
     tables["sources"] = sources.frame()
     return tables
 

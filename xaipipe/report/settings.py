@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import pandas as pd
+
 from xaipipe import paths
 from xaipipe.io import read_json
 
@@ -52,17 +54,15 @@ def _epochs(config: Mapping) -> str:
     return text + f"; ROAR/KAR retraining {roar if roar is not None else 'the same'}"
 
 
-def _model_seeds(config: Mapping) -> str:
-    seeds = []
-    for name in [*config["variants"], paths.REFERENCE_MODEL]:
-        metrics = paths.model_metrics(config, name)
-        if metrics.is_file():
-            seeds.append(f"{name} {read_json(metrics).get('seed')}")
+def _model_seeds(table1: pd.DataFrame) -> str:
+    seeds = [f"{name} {seed}" for name, seed in zip(table1["variant"], table1["seed"])]
     return ", ".join(seeds) or "not available (train stage)"
 
 
-def run_settings(config: Mapping, config_files: Sequence[str]) -> list[tuple[str, str]]:
-    """``(setting, value)`` pairs, in reading order."""
+def run_settings(config: Mapping, config_files: Sequence[str],
+                 table1: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(setting, value)`` pairs, in reading order; the model seeds come from the aggregate's
+    Table I (every trained model's metrics.json, already read)."""
     dataset = config["dataset"]
     return [
         ("dataset", dataset["name"]),
@@ -75,7 +75,7 @@ def run_settings(config: Mapping, config_files: Sequence[str]) -> list[tuple[str
         ("epochs", _epochs(config)),
         ("config files merged", " + ".join(config_files) or "not recorded"),
         ("master seed", str(config["seed"])),
-        ("model seeds", _model_seeds(config)),
+        ("model seeds", _model_seeds(table1)),
         ("ROAR/KAR seeds", str(config["roar"]["seeds"])),
         ("git commit", git_commit()),
     ]
