@@ -1,10 +1,12 @@
-"""c-MWP / excitation backprop (Zhang et al. 2016) on a hand-computed network and on ResNet18."""
+"""c-MWP / excitation backprop (Zhang et al. 2016) on a hand-computed network and on ResNet18
+(the other architectures' blocks: tests/test_models.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from xaipipe.explain.cmwp import classifier_mwp, cmwp_maps, excite, resnet_mwp
+from xaipipe.errors import ConfigError
+from xaipipe.explain.cmwp import backbone_mwp, classifier_mwp, cmwp_maps, excite
 from xaipipe.models import build_model
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -60,11 +62,10 @@ def resnet():
 def test_resnet_mwp_conserves_probability(resnet, layer):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 3])
-    x = resnet.normalize(images)
-    p = resnet_mwp(resnet.backbone, x, targets, layer, contrastive=False)
+    p = backbone_mwp(resnet, images, targets, layer, contrastive=False)
     assert (p >= 0).all()
     torch.testing.assert_close(p.sum(dim=(1, 2, 3)), torch.ones(2), atol=1e-4, rtol=0)
-    c = resnet_mwp(resnet.backbone, x, targets, layer, contrastive=True)
+    c = backbone_mwp(resnet, images, targets, layer, contrastive=True)
     torch.testing.assert_close(c.sum(dim=(1, 2, 3)), torch.zeros(2), atol=1e-4, rtol=0)
     assert c.abs().amax() > 0   # target and dual differ
 
@@ -74,5 +75,5 @@ def test_cmwp_maps_shape_and_sign(resnet):
     maps = cmwp_maps(resnet, images, torch.tensor([1, 2]), "layer3")
     assert maps.shape == (2, 64, 64) and maps.dtype == torch.float32
     assert (maps >= 0).all() and maps.amax() > 0
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(ConfigError, match="explain.cmwp_layer: 'layer9'"):
         cmwp_maps(resnet, images, torch.tensor([1, 2]), "layer9")

@@ -9,9 +9,12 @@ import torch
 from conftest import fake_split, run_workflow_script
 from xaipipe import paths
 from xaipipe.config import validate_config
-from xaipipe.explain.sanity import (CASCADE, SignedMaps, cascading_models, cascading_randomisation,
+from xaipipe.architectures import resnet18
+from xaipipe.explain.sanity import (SignedMaps, cascading_models, cascading_randomisation,
                                     rank_correlations)
 from xaipipe.models import build_model, save_model
+
+CASCADE = list(resnet18().cascade)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

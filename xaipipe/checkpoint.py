@@ -4,7 +4,7 @@ A checkpoint holds the model, optimiser, scheduler and AMP-scaler states, the nu
 finished epochs, the history so far and every random-number state (the training generator
 that drives shuffling and augmentation, torch's global CPU/CUDA states, NumPy's and Python's).
 It also stores a *fingerprint* of the run (settings that change the result, seed, number of
-classes, a hash of the training data): a checkpoint whose fingerprint differs from the
+classes, architecture, a hash of the training data): a checkpoint whose fingerprint differs from the
 current run's is ignored with a warning, because it belongs to a different experiment (for
 example the config changed and Snakemake reran the job). A file that cannot be read is an
 error: the message names it and says to delete it.
@@ -27,6 +27,7 @@ import torch
 
 from xaipipe.errors import DataError
 from xaipipe.io import atomic_path
+from xaipipe.models import DEFAULT_ARCH
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ trained weights; a checkpoint stays valid when only these differ."""
 
 
 def fingerprint(settings: Mapping[str, Any], seed: int, num_classes: int,
-                images: np.ndarray, labels: np.ndarray) -> str:
+                images: np.ndarray, labels: np.ndarray, *, arch: str = DEFAULT_ARCH) -> str:
     """A hex digest identifying a training run: result-relevant settings, seed, number of
-    classes and the exact training data (BLAKE2b over the image and label bytes)."""
+    classes, the architecture (``model.arch``) and the exact training data (BLAKE2b over the
+    image and label bytes)."""
     relevant = {k: v for k, v in settings.items() if k not in NON_RESULT_SETTINGS}
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps([relevant, seed, num_classes, list(images.shape)],
+    digest.update(json.dumps([relevant, seed, num_classes, list(images.shape), arch],
                              sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(images).data)
     digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)

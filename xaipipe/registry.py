@@ -1,5 +1,5 @@
-"""One registry per axis: training variants and attribution methods, built in or plugged in
-by import path (``docs/extending.md``).
+"""One registry per axis: training variants, attribution methods and model architectures,
+built in or plugged in by import path (``docs/extending.md``).
 
 Every name the pipeline knows comes from here: the config check (:func:`check_names`), the
 Snakefile's wildcard constraints, the stage scripts' ``--variant`` / ``--method`` checks,
@@ -12,6 +12,7 @@ Plug-ins are config::
       path: ["."]                       # directories put first on sys.path (default: the cwd)
       variants: {blur: "my_pkg.bg:blur_background"}
       methods: {grad_x_input: "my_pkg.attr:gradient_times_input"}
+      models: {my_net: "my_pkg.nets:my_net"}
 
 with the signatures below. A plug-in name must not shadow a built-in one.
 
@@ -34,6 +35,13 @@ with the signatures below. A plug-in name must not shadow a built-in one.
         # first_index: the row of images[0] in its split (so maps do not depend on batching),
         # masks: N x H x W object masks, ids: the N image ids. Returns float N x H x W
         # (one value per pixel; higher = more relevant), on the images' device.
+
+**Model architecture** (``model.arch``; :mod:`xaipipe.architectures`)::
+
+    def describe() -> xaipipe.architectures.Architecture
+        # name (= the registered name), how to build the backbone for num_classes, and the
+        # module paths of its classification head, Grad-CAM layer, c-MWP layers and sanity
+        # cascade; see the built-ins there.
 """
 
 from __future__ import annotations
@@ -70,26 +78,45 @@ BUILTIN_METHODS = {
 }
 """Captum's methods, c-MWP, the random baseline and the two oracle maps."""
 
+BUILTIN_MODELS = {
+    "resnet18": "xaipipe.architectures:resnet18",
+    "resnet50": "xaipipe.architectures:resnet50",
+    "vgg16_bn": "xaipipe.architectures:vgg16_bn",
+    "vgg19_bn": "xaipipe.architectures:vgg19_bn",
+}
+"""torchvision architectures for ``model.arch``: the paper's ResNet18 (the default), ResNet50,
+and VGG16/VGG19 with BatchNorm."""
+
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-AXES = {"variants": BUILTIN_VARIANTS, "methods": BUILTIN_METHODS}
+AXES = {"variants": BUILTIN_VARIANTS, "methods": BUILTIN_METHODS, "models": BUILTIN_MODELS}
 
 
-def _plugins(config: Mapping | None, axis: str) -> dict[str, str]:
-    return dict(((config or {}).get("plugins") or {}).get(axis) or {})
+def plugins(config: Mapping | None, axis: str) -> dict[str, str]:
+    """name -> import path of the plug-ins of ``axis`` (``variants``, ``methods``, ``models``)."""
+    return dict(_plugin_section(config, axis))
+
+
+def _plugin_section(config: Mapping | None, axis: str) -> Mapping:
+    return ((config or {}).get("plugins") or {}).get(axis) or {}
 
 
 def variants(config: Mapping | None = None) -> dict[str, str]:
     """name -> import path of every training variant: built-ins, then ``plugins.variants``."""
-    return {**BUILTIN_VARIANTS, **_plugins(config, "variants")}
+    return {**BUILTIN_VARIANTS, **plugins(config, "variants")}
 
 
 def methods(config: Mapping | None = None) -> dict[str, str]:
     """name -> import path of every attribution method: built-ins, then ``plugins.methods``."""
-    return {**BUILTIN_METHODS, **_plugins(config, "methods")}
+    return {**BUILTIN_METHODS, **plugins(config, "methods")}
 
 
-def _add_plugin_path(config: Mapping | None) -> None:
+def models(config: Mapping | None = None) -> dict[str, str]:
+    """name -> import path of every model architecture: built-ins, then ``plugins.models``."""
+    return {**BUILTIN_MODELS, **plugins(config, "models")}
+
+
+def add_plugin_path(config: Mapping | None) -> None:
     for directory in ((config or {}).get("plugins") or {}).get("path", ["."]):
         resolved = str(Path(directory).resolve())
         if resolved not in sys.path:
@@ -102,7 +129,7 @@ def resolve(target: str, config: Mapping | None = None, what: str = "plug-in") -
     if not TARGET.match(target):
         raise ConfigError(f"{what}: {target!r} is not 'package.module:function'")
     module_name, attribute = target.split(":")
-    _add_plugin_path(config)
+    add_plugin_path(config)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -115,11 +142,14 @@ def resolve(target: str, config: Mapping | None = None, what: str = "plug-in") -
 
 
 def _function(axis: str, what: str, name: str, config: Mapping | None) -> Callable[..., Any]:
-    known = {**AXES[axis], **_plugins(config, axis)}
-    if name not in known:
+    """Import ``name``'s function, reading only ``plugins.<axis>.<name>`` of the config (a
+    stage depends on its own plug-in's import path, not on every other plug-in's)."""
+    target = _plugin_section(config, axis).get(name) or AXES[axis].get(name)
+    if target is None:
+        known = {**AXES[axis], **plugins(config, axis)}
         raise ConfigError(f"unknown {what} {name!r}; registered: {', '.join(known)} "
                           f"(add your own under plugins.{axis})")
-    return resolve(known[name], config, f"plugins.{axis}.{name}")
+    return resolve(target, config, f"plugins.{axis}.{name}")
 
 
 def variant_function(name: str, config: Mapping | None = None) -> Callable[..., Any]:
@@ -132,8 +162,13 @@ def method_function(name: str, config: Mapping | None = None) -> Callable[..., A
     return _function("methods", "attribution method", name, config)
 
 
+def model_function(name: str, config: Mapping | None = None) -> Callable[..., Any]:
+    """The function returning the :class:`xaipipe.architectures.Architecture` of ``name``."""
+    return _function("models", "model architecture", name, config)
+
+
 def _used(config: Mapping) -> dict[str, list[tuple[str, str]]]:
-    """(key path, name) of every variant and method the config refers to."""
+    """(key path, name) of every variant, method and model the config refers to."""
     variant_refs = [(f"variants.{i}", v) for i, v in enumerate(config["variants"])]
     variant_refs += [(f"metric_validation.variants.{i}", v)
                      for i, v in enumerate(config["metric_validation"]["variants"])]
@@ -143,16 +178,17 @@ def _used(config: Mapping) -> dict[str, list[tuple[str, str]]]:
     method_refs += [(f"confidence_gain.{key}.{m}", m)
                     for key in ("heatmap_dilations", "agreement_dilations")
                     for m in config["confidence_gain"][key]]
-    return {"variants": variant_refs, "methods": method_refs}
+    return {"variants": variant_refs, "methods": method_refs,
+            "models": [("model.arch", config["model"]["arch"])]}
 
 
 def check_names(config: Mapping) -> list[str]:
     """Problems (``"  key.path: message"``, the schema errors' format) with the config's
-    variant and method names and plug-ins: unknown names, plug-ins that shadow a built-in or
-    do not import. Empty when all is well."""
+    variant, method and model names and plug-ins: unknown names, plug-ins that shadow a
+    built-in or do not import. Empty when all is well."""
     problems = []
     for axis, builtins in AXES.items():
-        for name, target in _plugins(config, axis).items():
+        for name, target in plugins(config, axis).items():
             where = f"plugins.{axis}.{name}"
             if name in builtins:
                 problems.append(f"  {where}: {name!r} is a built-in {axis[:-1]}; choose another name")
@@ -163,7 +199,7 @@ def check_names(config: Mapping) -> list[str]:
                     resolve(target, config, where)
                 except ConfigError as exc:
                     problems.append(f"  {where}: {exc}")
-    known = {"variants": variants(config), "methods": methods(config)}
+    known = {"variants": variants(config), "methods": methods(config), "models": models(config)}
     for axis, refs in _used(config).items():
         for where, name in refs:
             if name not in known[axis]:

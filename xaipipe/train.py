@@ -1,4 +1,4 @@
-"""Train a ResNet18 classifier on a device-resident uint8 tensor store, resumably.
+"""Train a classifier (``model.arch``) on a device-resident uint8 tensor store, resumably.
 
 The paper (Nielsen et al., section IV-V) trains torchvision's ResNet18 for 100 epochs with
 identical hyper-parameters for all four variants and reports train accuracy, val accuracy and
@@ -36,10 +36,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xaipipe import checkpoint
+from xaipipe.architectures import Architecture
 from xaipipe.augment import random_resized_crop_flip
 from xaipipe.data.store import Split
 from xaipipe.errors import ConfigError, DataError
-from xaipipe.models import build_model, images_to_float
+from xaipipe.models import DEFAULT_ARCH, build_model, images_to_float
 from xaipipe.pretrained import weights_file
 
 log = logging.getLogger(__name__)
@@ -138,31 +139,35 @@ def lr_factor(epoch: int, settings: Mapping[str, Any]) -> float:
 
 # --- model initialisation -----------------------------------------------------------------
 
-def initial_model(num_classes: int, pretrained: str, seed: int) -> nn.Module:
-    """A ResNet18 classifier: random init under ``torch.manual_seed(seed)``, or with the
-    backbone loaded from ``pretrained`` (``imagenet`` = torchvision's IMAGENET1K_V1 from the
-    local torch hub cache, never downloaded; or a path to a torchvision ResNet18 state dict or
-    an xaipipe model file). The final ``fc`` layer is always fresh (``num_classes`` outputs)."""
+def initial_model(num_classes: int, pretrained: str, seed: int,
+                  arch: Architecture | str = DEFAULT_ARCH) -> nn.Module:
+    """A classifier of architecture ``arch``: random init under ``torch.manual_seed(seed)``, or
+    with the backbone loaded from ``pretrained`` (``imagenet`` = torchvision's IMAGENET1K_V1
+    weights of ``arch`` from the local torch hub cache, never downloaded; or a path to a
+    torchvision state dict of ``arch`` or an xaipipe model file). The classification head
+    (``arch.head``, e.g. ResNet's ``fc``) is always fresh (``num_classes`` outputs)."""
     torch.manual_seed(seed)
-    model = build_model(num_classes)
-    path = weights_file(pretrained)
+    model = build_model(num_classes, arch)
+    arch = model.arch
+    path = weights_file(pretrained, arch)
     if path is None:
         return model
+    head = {f"{arch.head}.weight", f"{arch.head}.bias"}
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         state = blob["state_dict"] if "state_dict" in blob else blob
         state = {k.removeprefix("backbone."): v for k, v in state.items()
                  if not k.startswith("normalize.")}
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state = {k: v for k, v in state.items() if k not in head}
         missing, unexpected = model.backbone.load_state_dict(state, strict=False)
     except Exception as exc:
-        raise ConfigError(f"train.pretrained: {path} is not a readable ResNet18 state dict "
+        raise ConfigError(f"train.pretrained: {path} is not a readable {arch.title} state dict "
                           f"({type(exc).__name__}: {exc})") from exc
-    if unexpected or set(missing) != {"fc.weight", "fc.bias"}:
-        raise ConfigError(f"train.pretrained: {path} does not match ResNet18 (missing "
-                          f"{sorted(set(missing) - {'fc.weight', 'fc.bias'})[:5]}, unexpected "
+    if unexpected or set(missing) != head:
+        raise ConfigError(f"train.pretrained: {path} does not match {arch.title} (model.arch "
+                          f"{arch.name}; missing {sorted(set(missing) - head)[:5]}, unexpected "
                           f"{sorted(unexpected)[:5]})")
-    log.info("initialised the backbone from %s (fc layer fresh, %d classes)", path, num_classes)
+    log.info("initialised the backbone from %s (%s fresh, %d classes)", path, arch.head, num_classes)
     return model
 
 
@@ -240,10 +245,12 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
 
 def train_classifier(train: Split, settings: Mapping[str, Any], *, num_classes: int, seed: int,
                      device: torch.device, evals: Mapping[str, Split] | None = None,
-                     checkpoint_dir: Path | None = None, desc: str = "") -> TrainResult:
-    """Train a ResNet18 on ``train`` (uint8 N x 3 x H x W at training resolution) with the
-    ``train`` config section ``settings``; evaluate on every split of ``evals`` after each
-    epoch (history column ``<name>_acc``).
+                     checkpoint_dir: Path | None = None, desc: str = "",
+                     arch: Architecture | str = DEFAULT_ARCH) -> TrainResult:
+    """Train a classifier of architecture ``arch`` (a description, or a built-in's name) on
+    ``train`` (uint8 N x 3 x H x W at training resolution) with the ``train`` config section
+    ``settings``; evaluate on every split of ``evals`` after each epoch (history column
+    ``<name>_acc``).
 
     With ``checkpoint_dir``, the full state is saved there every ``checkpoint_every`` epochs
     and a matching checkpoint found there is resumed; the checkpoint is deleted once training
@@ -257,14 +264,14 @@ def train_classifier(train: Split, settings: Mapping[str, Any], *, num_classes: 
         raise DataError(f"training labels span {int(train.labels.min())}..{int(train.labels.max())} "
                         f"but num_classes is {num_classes}")
     with _deterministic(device.type == "cpu"):
-        return _train(train, settings, num_classes, seed, device, evals, checkpoint_dir, desc)
+        return _train(train, settings, num_classes, seed, device, evals, checkpoint_dir, desc, arch)
 
 
 def _train(train: Split, settings: Mapping[str, Any], num_classes: int, seed: int,
            device: torch.device, evals: dict[str, Split], checkpoint_dir: Path | None,
-           desc: str) -> TrainResult:
+           desc: str, arch: Architecture | str) -> TrainResult:
     generator = _seed_everything(seed)
-    model = initial_model(num_classes, settings["pretrained"], seed).to(device)
+    model = initial_model(num_classes, settings["pretrained"], seed, arch).to(device)
     memory_format = (torch.channels_last if device.type == "cuda" and settings["channels_last"]
                      else torch.contiguous_format)
     model = model.to(memory_format=memory_format)
@@ -278,7 +285,8 @@ def _train(train: Split, settings: Mapping[str, Any], num_classes: int, seed: in
     history: list[dict] = []
     start_epoch = 0
     host_images = np.array(train.images, order="C")  # the one read of the (memory-mapped) store
-    fp = (checkpoint.fingerprint(settings, seed, num_classes, host_images, train.labels)
+    fp = (checkpoint.fingerprint(settings, seed, num_classes, host_images, train.labels,
+                                 arch=model.arch.name)
           if checkpoint_dir is not None else "")
     if checkpoint_dir is not None:
         state = checkpoint.load_checkpoint(checkpoint_dir, fp)

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from xaipipe import paths
 from xaipipe.data.store import Split, read_split
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.errors import DataError
 from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask, split_ids, tie_orders
 from xaipipe.io import atomic_path
@@ -372,8 +372,8 @@ def score_masks(config: Mapping, variant: str, methods: Sequence[str],
     kernel_size = gaussian_kernel_size(settings["gaussian_kernel"], config["resolution"])
     sigma = settings["gaussian_sigma"] or opencv_sigma(kernel_size)
     weights = paths.model_weights(config, variant)
-    with claim_device(config["device"]) as device:
-        model, meta = load_model(weights, map_location=device)
+    with claim_job_device(config) as device:
+        model, meta = load_model(weights, map_location=device, config=config)
         check_labels(subset, int(meta["num_classes"]), weights)
         records = evaluate_confidence_gain(
             model, subset, maps, rhos=settings["rhos"], kernels=settings["kernels"],

@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from xaipipe import paths
 from xaipipe.data.store import read_split
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.errors import DataError
 from xaipipe.explain.featvis import FEATVIS_ARRAY
 from xaipipe.io import atomic_path
@@ -110,7 +110,8 @@ def load_judges(config: Mapping, device: torch.device) -> dict[str, nn.Module]:
         raise DataError(f"reference model {reference} does not exist; run "
                         "workflow_scripts/train_reference.py first")
     names = [*config["variants"], paths.REFERENCE_MODEL]
-    return {name: load_model(paths.model_weights(config, name), map_location=device)[0]
+    return {name: load_model(paths.model_weights(config, name), map_location=device,
+                             config=config)[0]
             for name in names}
 
 
@@ -133,7 +134,7 @@ def run_featvis_metrics(config: Mapping) -> pd.DataFrame:
     visualisations = {v: load_visualisations(config, v) for v in config["variants"]}
     val = read_split(paths.variant_split_dir(config, config["variants"][0], "val"))
     natural = images_to_float(torch.from_numpy(np.array(val.images[:REFERENCE_IMAGE_COUNT])))
-    with claim_device(config["device"]) as device:
+    with claim_job_device(config) as device:
         judges = load_judges(config, device)
         rows = featvis_metric_rows(visualisations, judges, cutoff, device)
     rows.append(_row(REFERENCE_IMAGES, "", "hf_share", high_frequency_share(natural, cutoff).numpy()))

@@ -3,9 +3,9 @@
 ``run_roar`` ranks every train and test image's pixels by its attribution map, replaces the
 top ``fraction`` (ROAR) or the bottom ``fraction`` (KAR; ``roar.kar_fraction``) by the variant's
 training-set channel mean (:mod:`xaipipe.evaluate.removal`; "Both the training and the
-testing data undergo this process", step 2), retrains a fresh ResNet18 with the variant's
-training settings on the modified training split (step 3) and measures accuracy on the
-modified test split.
+testing data undergo this process", step 2), retrains a fresh model (``model.arch``) with
+the variant's training settings on the modified training split (step 3) and measures
+accuracy on the modified test split.
 
 The test split is ``roar.eval_split``: by default ``val_matched``, the val images with the
 variant's own background treatment, because "the training data and the test data must be
@@ -28,6 +28,7 @@ from typing import Mapping
 import torch
 
 from xaipipe import paths
+from xaipipe.architectures import configured_architecture
 from xaipipe.baselines import chance_rate, majority_rate
 from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
@@ -67,7 +68,8 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
     name = f"{kind}_{variant}_{method}_fraction{fraction:g}_seed{seed}"
     result = train_classifier(
         train_removed, settings, num_classes=train.num_classes, seed=config["seed"] + seed,
-        device=device, checkpoint_dir=paths.checkpoint_dir(config, name), desc=name)
+        device=device, checkpoint_dir=paths.checkpoint_dir(config, name), desc=name,
+        arch=configured_architecture(config))
     seconds["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -13,8 +13,12 @@ Methods (``explain.methods``) and where they come from:
   of the input range (x_max - x_min = 1), as Smilkov et al. define the noise level.
 * ``guided_backprop`` -- Captum ``GuidedBackprop`` (Springenberg et al. 2015) on a copy of the
   model whose ReLUs are not in-place (see :func:`hookable_copy`).
-* ``gradcam`` -- Captum ``LayerGradCam`` (Selvaraju et al. 2017) on ``backbone.layer4`` with
-  ReLU, upsampled bilinearly to the input with ``LayerAttribution.interpolate``.
+* ``gradcam`` -- Captum ``LayerGradCam`` (Selvaraju et al. 2017) on the architecture's last
+  convolutional layer (``Architecture.gradcam_layer``: ResNet ``layer4``; VGG the last conv
+  block's rectified output, before the final max-pool), with ReLU, upsampled bilinearly to the
+  input with ``LayerAttribution.interpolate``. Selvaraju et al. (section 3): "Grad-CAM uses
+  the gradient information flowing into the last convolutional layer of the CNN to assign
+  importance values to each neuron for a particular decision of interest".
 * ``occlusion`` -- Captum ``Occlusion`` (Zeiler & Fergus 2014): a black square of
   ``occlusion_patch`` px at 224 px (scaled to the resolution), stride half the window; the map
   is the drop of the target logit.
@@ -52,7 +56,7 @@ from tqdm.auto import tqdm
 
 from xaipipe import paths
 from xaipipe.data.store import Split, read_split
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.explain.cmwp import cmwp_maps
 from xaipipe.io import save_npy
@@ -68,12 +72,15 @@ CHANNEL_REDUCTIONS = ("abs_sum", "max", "abs_max", "sum")
 def hookable_copy(model: nn.Module) -> nn.Module:
     """A frozen eval-mode deep copy whose ReLU modules are not in-place.
 
-    torchvision's ResNet uses ``nn.ReLU(inplace=True)`` and calls one module twice per block.
-    Captum's module hooks break on in-place ReLUs (captum issue #156: hooked activations get
-    overwritten; #973: ``RuntimeError ... BackwardHookFunctionBackward`` for Guided Grad-CAM
-    on a torchvision ResNet; PR #837: in-place modules unsupported by full backward hooks),
-    so every method except the random baseline runs on this copy. The copy
-    is returned as is when it is already hookable, so calling this per batch is cheap.
+    torchvision's ResNets use ``nn.ReLU(inplace=True)`` and call one module twice per
+    BasicBlock and three times per Bottleneck; its VGGs have one in-place ReLU module per
+    layer. Captum's module hooks break on in-place ReLUs (captum issue #156: hooked
+    activations get overwritten; #973: ``RuntimeError ... BackwardHookFunctionBackward`` for
+    Guided Grad-CAM on a torchvision ResNet; PR #837: in-place modules unsupported by full
+    backward hooks), so every method except the random baseline runs on this copy. A reused
+    module is fine once it is not in-place: Guided Backprop's hooks act per call (tested
+    against a hand-written guided ReLU on every architecture). The copy is returned as is when
+    it is already hookable, so calling this per batch is cheap.
     """
     if getattr(model, "_xaipipe_hookable", False):
         return model
@@ -167,10 +174,12 @@ def guided_backprop(model, images, targets, *, settings, **_):
 
 
 def gradcam(model, images, targets, **_):
-    """Captum ``LayerGradCam`` on ``backbone.layer4`` with ReLU, upsampled bilinearly."""
+    """Captum ``LayerGradCam`` on the architecture's ``gradcam_layer`` with ReLU, upsampled
+    bilinearly."""
     h, w = images.shape[2:]
-    cam = LayerGradCam(model, model.backbone.layer4).attribute(_grad_input(images), target=targets,
-                                                               relu_attributions=True)
+    layer = model.backbone.get_submodule(model.arch.gradcam_layer)
+    cam = LayerGradCam(model, layer).attribute(_grad_input(images), target=targets,
+                                               relu_attributions=True)
     return LayerAttribution.interpolate(cam, (h, w), interpolate_mode="bilinear")[:, 0].detach().float()
 
 
@@ -271,14 +280,14 @@ def run_attribute_stage(config: Mapping[str, Any], variant: str, method: str) ->
     ``explain.splits``, each written to ``paths.attribution_map`` (float32 N x H x W)."""
     settings = config["explain"]
     weights = paths.model_weights(config, variant)
-    model, meta = load_model(weights)
+    model, meta = load_model(weights, config=config)
     splits = {}
     for name in settings["splits"]:
         directory = paths.variant_split_dir(config, variant, name)
         splits[name] = read_split(directory)
         check_split_fits_model(splits[name], meta, f"{directory} vs {weights}")
     seed = named_seed(config, f"attribute/{variant}/{method}")
-    with claim_device(config["device"]) as device:
+    with claim_job_device(config) as device:
         for name, split in splits.items():
             maps = attribute_split(model, split, method, settings, device=device, seed=seed,
                                    config=config,

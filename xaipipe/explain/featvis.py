@@ -1,8 +1,9 @@
 """Feature visualisation by activation maximisation, one image per class.
 
 Nielsen et al., "Targeted Background Removal Creates Interpretable Feature Visualizations",
-section IV-V: every variant's ResNet18 is visualised with "activation maximization with L2
-regularization" (Simonyan et al. 2014, their [18]), with equal settings for all variants::
+section IV-V: every variant's model (theirs a ResNet18; here ``model.arch``) is visualised
+with "activation maximization with L2 regularization" (Simonyan et al. 2014, their [18]), with
+equal settings for all variants::
 
     I*_c = argmax_I  S_c(I) - lambda * ||I||_2^2                     (Simonyan et al., Eq. 1)
 
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from xaipipe import paths
 from xaipipe.data.store import read_split
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.errors import DataError
 from xaipipe.io import atomic_path, write_json
 from xaipipe.models import IMAGENET_MEAN, IMAGENET_STD, images_to_float, load_model
@@ -308,7 +309,7 @@ def write_featvis_dir(out_dir: str | Path, result: FeatvisResult, class_names: S
 def run_featvis_stage(config: Mapping, variant: str, progress: bool = True) -> Path:
     """The ``featvis`` stage of one variant: inputs are the variant's model and its store's
     ``val`` split; output is ``paths.featvis_dir(config, variant)``."""
-    model, meta = load_model(paths.model_weights(config, variant))
+    model, meta = load_model(paths.model_weights(config, variant), config=config)
     val = read_split(paths.variant_split_dir(config, variant, "val"))
     class_names = list(meta.get("class_names") or val.class_names)
     num_classes = int(meta["num_classes"])
@@ -317,7 +318,7 @@ def run_featvis_stage(config: Mapping, variant: str, progress: bool = True) -> P
                         f"{len(class_names)} class names; retrain the model for this dataset")
     settings = config["featvis"]
     size = tuple(val.images.shape[2:])
-    with claim_device(config["device"]) as device:
+    with claim_job_device(config) as device:
         result = visualise_classes(model, num_classes, size, settings, config["seed"], device, progress)
         scores = class_scores(model, val.images, settings["batch_size"], device, progress)
     out = paths.featvis_dir(config, variant)

@@ -1,11 +1,15 @@
 """Sanity checks for saliency maps (Adebayo et al. 2018; survey section 4.6).
 
 * **Cascading model-parameter randomisation**: starting from the trained model, re-initialise
-  the blocks from the top down, cumulatively -- ``fc``, ``layer4``, ``layer3``, ``layer2``,
-  ``layer1``, ``conv1`` (+ its BatchNorm) -- and after each step compare every image's map with
-  the trained model's map. Re-initialisation copies the block from a freshly built ResNet18
-  (torchvision's own initialisation, BatchNorm statistics reset too), seeded.
-* **Data randomisation**: a ResNet18 trained with the same settings on the variant's training
+  the blocks from the top down, cumulatively, and after each step compare every image's map
+  with the trained model's map, block by block (survey Fig. 4.1: "Progression from left to
+  right indicate complete randomization of network weights up to that block inclusive"). The
+  steps are the architecture's ``cascade`` (:mod:`xaipipe.architectures`): for a ResNet
+  ``fc``, ``layer4``, ``layer3``, ``layer2``, ``layer1``, ``conv1`` (+ its BatchNorm); for a
+  VGG ``fc8``, ``fc7``, ``fc6``, then the convolutional blocks ``conv5`` .. ``conv1`` (each
+  with its BatchNorms). Re-initialisation copies the block from a freshly built model of the
+  same architecture (torchvision's own initialisation, BatchNorm statistics reset too), seeded.
+* **Data randomisation**: a model trained with the same settings on the variant's training
   images with randomly permuted labels (:func:`xaipipe.train.train_classifier`); its maps are
   compared with the trained model's. The survey (§4.6): "The data randomization test randomly
   shuffles the labels of the data and the model is trained on this"; Adebayo et al. train it
@@ -36,39 +40,38 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from xaipipe import paths
+from xaipipe.architectures import Architecture, configured_architecture
 from xaipipe.config import train_settings
 from xaipipe.data.store import Split, read_split
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.explain.attribution import attribute_split, check_split_fits_model, choose_targets
 from xaipipe.explain.figures import cascade_plot, saliency_grid
 from xaipipe.io import atomic_path
-from xaipipe.models import build_model, images_to_float, load_model
+from xaipipe.models import DEFAULT_ARCH, build_model, images_to_float, load_model
 from xaipipe.seeds import named_seed
 from xaipipe.train import accuracy, train_classifier
 
 log = logging.getLogger(__name__)
 
-CASCADE = ("fc", "layer4", "layer3", "layer2", "layer1", "conv1")
-"""Blocks in re-initialisation order (top to bottom), one cascade step each."""
-_BLOCK_MODULES = {"conv1": ("conv1", "bn1")}
 TABLE_COLUMNS = ("method", "test", "layer", "spearman_abs_mean", "spearman_abs_std",
                  "spearman_signed_mean", "spearman_signed_std", "n_valid",
                  "shuffled_train_accuracy", "meaningful")
 
 
 def cascading_models(model: nn.Module, seed: int) -> Iterator[tuple[str, nn.Module]]:
-    """Yield ``(block, model)`` with ``block`` and every block above it re-initialised.
+    """Yield ``(block, model)`` with ``block`` and every block above it re-initialised, for
+    every block of the architecture's ``cascade`` (top to bottom).
 
     The same copy is modified step by step, so use each model before advancing. ``model`` is
     an :class:`xaipipe.models.Classifier`; it is not changed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = build_model(model.backbone.fc.out_features).backbone
+        fresh = build_model(model.num_classes, model.arch).backbone
     current = copy.deepcopy(model).eval()
-    for block in CASCADE:
-        for name in _BLOCK_MODULES.get(block, (block,)):
-            source = getattr(fresh, name).state_dict()
-            getattr(current.backbone, name).load_state_dict(source)
+    for block, modules in model.arch.cascade.items():
+        for name in modules:
+            source = fresh.get_submodule(name).state_dict()
+            current.backbone.get_submodule(name).load_state_dict(source)
         yield block, current
 
 
@@ -127,13 +130,15 @@ def cascading_randomisation(model: nn.Module, maps: SignedMaps, methods: Sequenc
 
 
 def shuffled_label_model(train: Split, settings: Mapping[str, Any], *, num_classes: int,
-                         seed: int, device: torch.device) -> tuple[nn.Module, float]:
-    """A ResNet18 trained on ``train`` with its labels randomly permuted (Adebayo et al. 3.2),
-    and its accuracy on those shuffled labels (un-augmented train images): how well it fits."""
+                         seed: int, device: torch.device,
+                         arch: Architecture | str = DEFAULT_ARCH) -> tuple[nn.Module, float]:
+    """A model of architecture ``arch`` trained on ``train`` with its labels randomly permuted
+    (Adebayo et al. 3.2), and its accuracy on those shuffled labels (un-augmented train
+    images): how well it fits."""
     permuted = np.random.default_rng(seed).permutation(np.asarray(train.labels))
     shuffled = Split(images=train.images, masks=train.masks, labels=permuted, meta=train.meta)
     model = train_classifier(shuffled, settings, num_classes=num_classes, seed=seed,
-                             device=device, desc="random labels").model
+                             device=device, desc="random labels", arch=arch).model
     return model, accuracy(model, train.images, permuted, device)
 
 
@@ -143,7 +148,7 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
     ``explain.saliency_figure_images`` val images under every ``explain.methods`` method)."""
     settings, options = config["explain"], config["sanity"]
     weights = paths.model_weights(config, variant)
-    model, meta = load_model(weights)
+    model, meta = load_model(weights, config=config)
     val_dir = paths.variant_split_dir(config, variant, "val")
     val = read_split(val_dir)
     check_split_fits_model(val, meta, f"{val_dir} vs {weights}")
@@ -154,7 +159,7 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
     chosen = np.sort(np.random.default_rng(seed).permutation(len(val))[:options["num_images"]])
     subset = Split(images=np.asarray(val.images[chosen]), masks=np.asarray(val.masks[chosen]),
                    labels=np.asarray(val.labels[chosen]), meta={"ids": [val.ids[i] for i in chosen]})
-    with claim_device(config["device"]) as device:
+    with claim_job_device(config) as device:
         model = model.to(device)
         with torch.no_grad():
             batch = images_to_float(torch.from_numpy(subset.images).to(device))
@@ -165,7 +170,8 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
         if train is not None:
             settings_rl = train_settings(config, variant, epochs=options["data_randomisation_epochs"])
             shuffled, fit = shuffled_label_model(train, settings_rl, device=device, seed=seed,
-                                                 num_classes=int(meta["num_classes"]))
+                                                 num_classes=int(meta["num_classes"]),
+                                                 arch=configured_architecture(config))
             meaningful = fit >= options["min_fit_accuracy"]
             if not meaningful:
                 log.warning("data randomisation of %s is not meaningful: the shuffled-label model "

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from xaipipe import paths
 from xaipipe.data.store import read_split
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.errors import DataError
 from xaipipe.io import atomic_path, write_json
 from xaipipe.models import images_to_float, load_model
@@ -333,7 +333,7 @@ def run_undesirable_stage(config: Mapping, variant: str, progress: bool = True) 
     """The ``undesirable`` stage of one variant: F-TC/F-NTC masks on a seeded subset of the
     variant store's ``val`` split; writes ``paths.undesirable_dir(config, variant)``
     (``results.json``, ``per_image.csv``, ``masks_<method>.npy``, ``examples.png``)."""
-    model, meta = load_model(paths.model_weights(config, variant))
+    model, meta = load_model(paths.model_weights(config, variant), config=config)
     val = read_split(paths.variant_split_dir(config, variant, "val"))
     if len(val) == 0:
         raise DataError(f"{paths.variant_split_dir(config, variant, 'val')} has no images; rerun the variant stage")
@@ -343,7 +343,7 @@ def run_undesirable_stage(config: Mapping, variant: str, progress: bool = True) 
     labels = np.asarray(val.labels[rows])
     foreground = np.asarray(val.masks[rows])
     summaries, tables, masks, maps = {}, [], {}, {}
-    with claim_device(config["device"]) as device:
+    with claim_job_device(config) as device:
         for method in settings["methods"]:
             result, targets = explain_images(model, images, labels, method, settings, device, progress)
             stats = PixelStats.measure(result.undesirable, foreground)

@@ -305,7 +305,7 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
 
     local = Section("Localisation", "Energy in mask and pointing game per method, read against "
                     "two baselines: chance (subject chance = the mean foreground share) and an "
-                    "untrained ResNet18's maps of the same methods (variant untrained). Accuracy "
+                    "untrained model's maps of the same methods (variant untrained). Accuracy "
                     "on full / fg-only / bg-only val images beside chance (1 / classes) and the "
                     "majority-class rate (subject majority).")
     _table_or_missing(local, tables["localisation"], "localisation tables (localisation stage)")

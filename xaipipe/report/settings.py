@@ -15,11 +15,10 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from xaipipe import paths
+from xaipipe.architectures import configured_architecture
 from xaipipe.io import read_json
 
 TABLE = "run_settings"
-ARCHITECTURE = "ResNet18 (torchvision.models.resnet18, normalisation inside the model)"
-"""What :func:`xaipipe.models.build_model` builds (the only architecture so far)."""
 
 
 def git_commit(directory: str | Path = ".") -> str:
@@ -54,6 +53,12 @@ def _epochs(config: Mapping) -> str:
     return text + f"; ROAR/KAR retraining {roar if roar is not None else 'the same'}"
 
 
+def _architecture(config: Mapping) -> str:
+    """What :func:`xaipipe.models.build_model` builds for ``model.arch``."""
+    arch = configured_architecture(config)
+    return f"{arch.title} ({arch.origin}, normalisation inside the model; model.arch {arch.name})"
+
+
 def _model_seeds(table1: pd.DataFrame) -> str:
     seeds = [f"{name} {seed}" for name, seed in zip(table1["variant"], table1["seed"])]
     return ", ".join(seeds) or "not available (train stage)"
@@ -70,7 +75,7 @@ def run_settings(config: Mapping, config_files: Sequence[str],
         ("images per split", _split_counts(config)),
         ("variants", ", ".join(config["variants"])),
         ("resolution", f"{config['resolution']} px ({dataset['resize']})"),
-        ("architecture", ARCHITECTURE),
+        ("architecture", _architecture(config)),
         ("pretrained start", str(config["train"]["pretrained"])),
         ("epochs", _epochs(config)),
         ("config files merged", " + ".join(config_files) or "not recorded"),
