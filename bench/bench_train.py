@@ -31,19 +31,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from xaipipe.data.store import Split
 from xaipipe.augment import random_resized_crop_flip
+from xaipipe.config import validate_config
+from xaipipe.data.store import Split
 from xaipipe.models import build_model, images_to_float
 from xaipipe.train import build_optimizer, epoch_batches, train_classifier
 
-SETTINGS = {
-    "epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
-    "weight_decay": 0.0005, "schedule": "constant", "warmup_epochs": 0, "step_epochs": 30,
-    "step_gamma": 0.1, "label_smoothing": 0.0,
-    "augment": {"random_resized_crop_scale": [0.5, 1.0], "hflip": True},
-    "pretrained": "none", "amp": True, "channels_last": True, "compile": False,
-    "checkpoint_every": 100,
-}
+SETTINGS = {**validate_config({})["train"], "epochs": 2, "schedule": "constant",
+            "checkpoint_every": 100}
+"""The schema's training defaults (so the bench cannot drift from the pipeline), two epochs."""
 JPEG_SIZE = (500, 375)
 
 
