@@ -98,12 +98,15 @@ def test_stage_scores_the_oracles_and_random(make_config, fake_variant_store, sa
     assert run_workflow_script("metric_validation", argv) == 0
     table = pd.read_csv(paths.metric_validation_table(config, "black"))
     assert set(table["method"]) == set(SUBJECTS)
-    assert set(table["metric"]) == {"energy_in_mask", "pointing_game", "SCG G_k rho=25%",
-                                    "SCG Z_k rho=25%", "CCG G_k rho=25%", "CCG Z_k rho=25%"}
+    assert set(table["metric"]) == {"energy_in_mask", "pointing_game", "pointing_game_torchray",
+                                    "SCG G_k rho=25%", "SCG Z_k rho=25%", "CCG G_k rho=25%",
+                                    "CCG Z_k rho=25%"}
     energy = table[table.metric == "energy_in_mask"].set_index("method")["mean"]
     assert energy["oracle_object"] > 0.99 and energy["oracle_background"] < 0.01
     pointing = table[table.metric == "pointing_game"].set_index("method")["mean"]
     assert pointing["oracle_object"] == 1.0 and pointing["oracle_background"] == 0.0
+    torchray = table[table.metric == "pointing_game_torchray"].set_index("method")["mean"]
+    assert torchray["oracle_object"] == 1.0 and torchray["oracle_background"] < 1.0
 
 
 def test_stage_missing_oracle_maps_exit_1_without_output(make_config, fake_variant_store,
@@ -157,5 +160,6 @@ def test_every_metric_orders_the_oracles_on_a_black_model_of_the_synthetic_world
     table = validation_table(roar_runs=runs, road_scores=road, stage_tables=stage,
                              variants=["black"])
     # ROAR, KAR, ROAD MoRF/LeRF, SCG and CCG per kernel and rho, energy in mask, pointing game
-    assert len(table) == 4 + 2 * 2 * 2 + 2
+    # (strict and TorchRay's)
+    assert len(table) == 4 + 2 * 2 * 2 + 3
     assert table["ordering_ok"].all(), table.to_string()

@@ -1,21 +1,40 @@
 """Localisation of attribution maps against the ground-truth foreground masks.
 
-Two per-image scores of every explanation method, each reported as mean and std over the val
-images, next to the value a map that knows nothing about the object would get:
+Per-image scores of every explanation method, reported as mean and std, next to the value a
+map that knows nothing about the object would get:
 
 * **Energy in mask** (the share of attribution mass inside the object, as in the
   "energy-based pointing game" of Score-CAM, Wang et al. 2020):
   ``sum(A+ * mask) / sum(A+)`` where ``A+`` is the map with negative values set to 0
   (``localisation.negative: clip``, only positive evidence counts) or their magnitude
   (``abs``). Maps without any mass (all zero after that step) are excluded and counted.
-* **Pointing game** (Zhang et al. 2016, without their 15 px tolerance): 1 if the map's
-  maximum lies on the object. Tied maxima (a flat or all-zero map) are broken by the image's
-  seeded random pixel order (:func:`xaipipe.evaluate.removal.tie_orders`, the same for every
-  method), so a flat map hits the object with the chance probability instead of always
-  pointing at the top-left corner; the result is deterministic for a seed.
+* **Pointing game, strict** (``localisation.pointing`` holds ``strict``; metric
+  ``pointing_game``): 1 if the map's maximum lies on the object, mean over images (Zhang et
+  al. 2016 without their tolerance). Tied maxima (a flat or all-zero map) are broken by the
+  image's seeded random pixel order (:func:`xaipipe.evaluate.removal.tie_orders`, the same
+  for every method), so a flat map hits the object with the chance probability instead of
+  always pointing at the top-left corner; the result is deterministic for a seed.
+* **Pointing game, TorchRay protocol** (``torchray``; metric ``pointing_game_torchray``), as
+  TorchRay's ``benchmark/pointing_game.py`` implements Zhang et al. 2016 ("Top-down neural
+  attention by excitation backprop"): "There is a hit whenever the acceptance region
+  collides with the class mask", the acceptance region being the pixels at squared distance
+  ``< tolerance**2`` from the point (default tolerance 15 px); per class
+  ``accuracy = hits / (hits + misses)``, and the reported number is "mean accuracy, computed
+  by averaging class_accuracies" -- a mean over classes, not over images. Our tolerance is
+  ``localisation.pointing_tolerance_224`` px at 224 px scaled to ``resolution``
+  (:func:`pointing_tolerance`). The maximum is chosen with the same seeded tie order as the
+  strict game. ``subject = center`` is TorchRay's ``center`` method (the point at the image
+  centre, 69.6 on VOC07 test) under the same tolerance and class mean. Adaptation: one
+  (image, label) pair per image (the largest-area class) against the whole foreground
+  (docs/metrics.md says what that changes).
 * **Chance**: a uniform map has energy-in-mask = the image's foreground fraction, and a
   uniformly random point hits the object with that same probability, so the mean
-  foreground fraction is the chance level of both scores.
+  foreground fraction is the chance level of both scores; for the TorchRay game the chance
+  row is the class mean of the share of pixels that count as a hit (object plus tolerance).
+
+The per-image scores come from pure functions (:func:`energy_in_mask`,
+:func:`pointing_game`, :func:`hit_region`, :func:`class_means`), so later steps (paired
+intervals over images) can recompute them without the stage.
 
 Background reliance of the model: accuracy on the unmodified val images, on foreground-only
 images (val x mask, background black) and background-only images (object pixels imputed
@@ -23,23 +42,27 @@ from the background, or black, by ``train.bg_only_fill``); the image builders
 (:func:`xaipipe.train_stage.background_only`) and the prediction code are the train stage's
 own, so these rows match metrics.json.
 
-Masks are 1 = foreground. Hand-written (a few tensor reductions; no library has them).
+Masks are 1 = foreground. Energy in mask and the pointing games are a few tensor reductions
+(no library has them); the tolerance region is SciPy's Euclidean distance transform.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from scipy.ndimage import distance_transform_edt
 
 from xaipipe import paths
+from xaipipe.architectures import configured_architecture
 from xaipipe.baselines import chance_rate, majority_rate
 from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.evaluate.removal import load_maps, split_ties
 from xaipipe.explain.oracle import REFERENCE_METHODS
 from xaipipe.io import atomic_path
@@ -53,6 +76,15 @@ log = logging.getLogger(__name__)
 CHANCE = "chance"
 MAJORITY = "majority"
 MODEL = "model"
+CENTER = "center"
+"""The ``subject`` of the TorchRay centre-point baseline (TorchRay's method name)."""
+STRICT = "strict"
+TORCHRAY = "torchray"
+POINTING_VARIANTS = (STRICT, TORCHRAY)
+"""The ``localisation.pointing`` variants (the schema's enum holds the same names)."""
+POINTING_METRICS = {STRICT: "pointing_game", TORCHRAY: "pointing_game_torchray"}
+TORCHRAY_RESOLUTION = 224
+"""``localisation.pointing_tolerance_224`` is given in pixels at this input size."""
 UNTRAINED = "untrained"
 """The ``variant`` of the untrained-model rows (:func:`run_untrained_localisation`)."""
 COLUMNS = ["variant", "subject", "metric", "mean", "std", "n", "excluded"]
@@ -73,13 +105,83 @@ def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor, negative: str = "cli
 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor, ties: torch.Tensor) -> torch.Tensor:
-    """Per-image 1.0 if the map's maximum is on the foreground; among tied maxima the first
-    in the order of ``ties`` (N x H*W permutations, :func:`tie_orders`) counts."""
+    """Per-image 1.0 if the map's maximum lies in ``masks`` (N x H x W, nonzero = a hit: the
+    foreground for the strict game, :func:`hit_region` for TorchRay's); among tied maxima the
+    first in the order of ``ties`` (N x H*W permutations, :func:`tie_orders`) counts."""
     n = maps.shape[0]
     shuffled = maps.reshape(n, -1).float().gather(1, ties)
     first_max = shuffled.argmax(dim=1)  # documented: the first maximal value
     hit = masks.reshape(n, -1).gather(1, ties.gather(1, first_max[:, None]))[:, 0]
     return (hit > 0).float()
+
+
+def pointing_tolerance(tolerance_224: int, resolution: int) -> int:
+    """TorchRay's tolerance (15 px in TorchRay and Zhang et al.), given at 224 px, scaled to
+    ``resolution``: ``max(1, round(tolerance_224 * resolution / 224))`` with Python's round
+    (half to even); 15 -> 2 px at 32 px (2.14), 4 at 64 px, 15 at 224 px. At least 1, the
+    tolerance under which only the object itself counts (the acceptance test is strict)."""
+    if tolerance_224 < 1 or resolution < 1:
+        raise ValueError(f"tolerance_224 and resolution must be >= 1, got {tolerance_224}, "
+                         f"{resolution}")
+    return max(1, round(tolerance_224 * resolution / TORCHRAY_RESOLUTION))
+
+
+def hit_region(masks: np.ndarray | torch.Tensor, tolerance: int) -> torch.Tensor:
+    """Boolean N x H x W: the pixels at Euclidean distance ``< tolerance`` from a foreground
+    pixel of ``masks`` (N x H x W, 1 = foreground), TorchRay's acceptance test ``(v + u) <
+    tolerance**2`` seen from the mask's side. ``tolerance = 1`` gives the mask itself (the
+    strict game); an image without foreground has an empty region (every point misses).
+
+    SciPy's exact Euclidean distance transform (``distance_transform_edt``) of the background
+    gives every pixel's distance to the nearest object pixel; it runs per image (a 3-d call
+    would measure across images too).
+    """
+    if tolerance < 1:
+        raise ValueError(f"tolerance must be >= 1 pixel, got {tolerance}")
+    masks = np.asarray(masks) > 0
+    region = np.zeros(masks.shape, dtype=bool)
+    for i, mask in enumerate(masks):
+        if mask.any():
+            region[i] = distance_transform_edt(~mask) < tolerance
+    return torch.from_numpy(region)
+
+
+def center_maps(n: int, height: int, width: int) -> torch.Tensor:
+    """N x H x W maps whose only maximum is the image centre, pixel ``(H // 2, W // 2)``:
+    TorchRay's ``center`` method points at ``(w / 2, h / 2)``, the same pixel for even
+    sizes (half a pixel off for odd ones)."""
+    maps = torch.zeros(n, height, width)
+    maps[:, height // 2, width // 2] = 1.0
+    return maps
+
+
+def class_means(values: np.ndarray | torch.Tensor, labels: np.ndarray) -> pd.Series:
+    """Mean of the per-image ``values`` (N,) within each class of ``labels`` (N,), one entry
+    per class present, indexed by class: TorchRay's ``class_accuracies`` for hit vectors.
+    Their mean is the TorchRay pointing-game number (classes without an image are left
+    out; TorchRay would count them as accuracy 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    labels = np.asarray(labels)
+    if values.shape != labels.shape:
+        raise ValueError(f"values have shape {values.shape}, labels {labels.shape}")
+    return pd.Series(values).groupby(labels).mean()
+
+
+@dataclass(frozen=True)
+class Pointing:
+    """Which pointing games to score (``localisation.pointing``) and the TorchRay tolerance
+    in pixels at the maps' resolution (:func:`pointing_tolerance`)."""
+
+    variants: tuple[str, ...] = (STRICT,)
+    tolerance: int = 1
+
+
+def pointing_settings(config: Mapping) -> Pointing:
+    """:class:`Pointing` from ``config['localisation']`` and ``config['resolution']``."""
+    local = config["localisation"]
+    return Pointing(variants=tuple(local["pointing"]),
+                    tolerance=pointing_tolerance(local["pointing_tolerance_224"],
+                                                 config["resolution"]))
 
 
 def _row(variant: str, subject: str, metric: str, values: np.ndarray) -> dict:
@@ -91,20 +193,43 @@ def _row(variant: str, subject: str, metric: str, values: np.ndarray) -> dict:
 
 
 def localisation_rows(variant: str, maps: Mapping[str, np.ndarray], masks: np.ndarray,
-                      negative: str, ties: torch.Tensor) -> list[dict]:
-    """Rows of energy-in-mask and pointing game for every method, plus the chance level;
-    ``ties``: the images' :func:`tie_orders` (pointing-game ties)."""
+                      negative: str, ties: torch.Tensor, *, labels: np.ndarray | None = None,
+                      pointing: Pointing = Pointing()) -> list[dict]:
+    """Rows of energy-in-mask and the ``pointing.variants`` pointing games for every method,
+    plus the chance level (and the TorchRay game's ``center`` baseline); ``ties``: the
+    images' :func:`tie_orders` (pointing-game ties); ``labels``: the images' classes (the
+    TorchRay game's class mean)."""
     mask_t = torch.from_numpy(np.array(masks))
+    strict, torchray = STRICT in pointing.variants, TORCHRAY in pointing.variants
+    if torchray and labels is None:
+        raise ValueError("the TorchRay pointing game needs the images' labels")
+    region = hit_region(mask_t, pointing.tolerance) if torchray else None
     rows = []
     for method, method_maps in maps.items():
         map_t = torch.as_tensor(np.array(method_maps, dtype=np.float32))
         rows.append(_row(variant, method, "energy_in_mask",
                          energy_in_mask(map_t, mask_t, negative).numpy()))
-        rows.append(_row(variant, method, "pointing_game",
-                         pointing_game(map_t, mask_t, ties).numpy()))
+        if strict:
+            rows.append(_row(variant, method, POINTING_METRICS[STRICT],
+                             pointing_game(map_t, mask_t, ties).numpy()))
+        if torchray:
+            hits = pointing_game(map_t, region, ties)
+            rows.append(_class_mean_row(variant, method, hits, labels))
     fg_fraction = mask_t.flatten(1).float().mean(1).numpy()
-    rows += [_row(variant, CHANCE, metric, fg_fraction) for metric in ("energy_in_mask", "pointing_game")]
+    chance_metrics = ["energy_in_mask"] + ([POINTING_METRICS[STRICT]] if strict else [])
+    rows += [_row(variant, CHANCE, metric, fg_fraction) for metric in chance_metrics]
+    if torchray:
+        center_hits = pointing_game(center_maps(*mask_t.shape), region, ties)
+        rows.append(_class_mean_row(variant, CHANCE, region.flatten(1).float().mean(1), labels))
+        rows.append(_class_mean_row(variant, CENTER, center_hits, labels))
     return rows
+
+
+def _class_mean_row(variant: str, subject: str, hits: torch.Tensor, labels: np.ndarray) -> dict:
+    """A ``pointing_game_torchray`` row: mean and std over classes of the per-class mean of
+    ``hits``; ``n`` = classes."""
+    per_class = class_means(hits, labels).to_numpy()
+    return _row(variant, subject, POINTING_METRICS[TORCHRAY], per_class)
 
 
 def reliance_rows(variant: str, model: torch.nn.Module, split, device: torch.device,
@@ -129,13 +254,14 @@ def reliance_rows(variant: str, model: torch.nn.Module, split, device: torch.dev
 
 
 def method_rows(config: Mapping, variant: str, methods: Sequence[str]) -> list[dict]:
-    """:func:`localisation_rows` of ``methods``' val maps of ``variant`` (the ``chance`` rows
-    included), ties seeded by ``config['seed']``."""
+    """:func:`localisation_rows` of ``methods``' val maps of ``variant`` (the ``chance`` and
+    ``center`` rows included), ties seeded by ``config['seed']``."""
     split = read_split(paths.variant_split_dir(config, variant, "val"))
     maps = {m: load_maps(paths.attribution_map(config, variant, m, "val"), split)
             for m in methods}
     ties = split_ties(split, config["seed"])
-    return localisation_rows(variant, maps, split.masks, config["localisation"]["negative"], ties)
+    return localisation_rows(variant, maps, split.masks, config["localisation"]["negative"], ties,
+                             labels=split.labels, pointing=pointing_settings(config))
 
 
 def run_localisation(config: Mapping, variant: str) -> pd.DataFrame:
@@ -143,8 +269,9 @@ def run_localisation(config: Mapping, variant: str) -> pd.DataFrame:
     methods = list(config["explain"]["methods"])
     rows = method_rows(config, variant, methods)
     split = read_split(paths.variant_split_dir(config, variant, "val"))
-    with claim_device(config["device"]) as device:
-        model, _ = load_model(paths.model_weights(config, variant), map_location=device)
+    with claim_job_device(config) as device:
+        model, _ = load_model(paths.model_weights(config, variant), map_location=device,
+                              config=config)
         rows += reliance_rows(variant, model, split, device, config["localisation"]["batch_size"],
                               train_settings(config, variant)["bg_only_fill"])
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -157,7 +284,8 @@ def run_localisation(config: Mapping, variant: str) -> pd.DataFrame:
 
 def run_untrained_localisation(config: Mapping) -> pd.DataFrame:
     """The ``localisation_untrained`` stage: energy in mask and pointing game of the maps of
-    an *untrained* ResNet18 (initialised with ``named_seed(config, "untrained")``), for every
+    an *untrained* model of ``model.arch`` (initialised with ``named_seed(config,
+    "untrained")``), for every
     ``explain.methods`` method that depends on the model, on the unmodified val images (the
     ``standard`` store's ``val`` split, the same images every variant's ``val`` holds).
 
@@ -172,16 +300,18 @@ def run_untrained_localisation(config: Mapping) -> pd.DataFrame:
     methods = [m for m in config["explain"]["methods"] if m not in REFERENCE_METHODS]
     seed = named_seed(config, UNTRAINED)
     torch.manual_seed(seed)
-    model = build_model(split.num_classes).eval()
-    with claim_device(config["device"]) as device:
+    arch = configured_architecture(config)
+    model = build_model(split.num_classes, arch).eval()
+    with claim_job_device(config) as device:
         maps = {m: attribute_split(model, split, m, config["explain"], device=device, seed=seed,
                                    config=config,
                                    desc=f"{m} untrained") for m in methods}
     ties = split_ties(split, config["seed"])
-    rows = localisation_rows(UNTRAINED, maps, split.masks, config["localisation"]["negative"], ties)
+    rows = localisation_rows(UNTRAINED, maps, split.masks, config["localisation"]["negative"], ties,
+                             labels=split.labels, pointing=pointing_settings(config))
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(paths.untrained_localisation_table(config)) as tmp:
         table.to_csv(tmp, index=False)
-    log.info("untrained ResNet18: localisation of %d methods on %d val images -> %s",
-             len(methods), len(split), paths.untrained_localisation_table(config))
+    log.info("untrained %s: localisation of %d methods on %d val images -> %s",
+             arch.title, len(methods), len(split), paths.untrained_localisation_table(config))
     return table
