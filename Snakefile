@@ -1,10 +1,13 @@
 # xaipipe workflow: every rule runs `python workflow_scripts/<stage>.py --config <files>`.
-# Stages, paths, config dependencies and resources come from xaipipe/pipeline.py (the same
-# stage list dvc.yaml is generated from). How to run: docs/orchestration.md.
-from snakemake.utils import validate
+# The rules in rules/*.smk are written from the stage table in xaipipe/pipeline.py (the same
+# table dvc.yaml is generated from), so both runners run the same commands on the same files.
+# How to run: docs/orchestration.md.
+from snakemake.utils import min_version, validate
 
 from xaipipe import pipeline, registry
 from xaipipe.config import SCHEMA_PATH, validate_config
+
+min_version("9.0")
 
 
 configfile: "config.yaml"
@@ -46,4 +49,5 @@ localrules:
 rule all:
     default_target: True
     input:
-        pipeline_targets(),
+        # every output of every job of the stages active under this config
+        pipeline.all_targets(config),

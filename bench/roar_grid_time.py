@@ -8,7 +8,9 @@ torch and torchvision imports, config validation) and writing the result::
 
     .venv/bin/python bench/roar_grid_time.py --config config.yaml config/demo.yaml
 
-Prints one row per phase: total seconds over the grid, share of the total, mean per job.
+Prints one row per phase: total seconds over the grid, share of the total, mean per job;
+the last line is the fixed cost's share (ROAR start-up + writing over all the job time
+above), the number ``make demo``'s fork server (docs/orchestration.md, "Warm start") cuts.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import pandas as pd
 from xaipipe import paths
 from xaipipe.config import load_config
 from xaipipe.io import read_json
-from xaipipe.pipeline import BENCHMARK_DIR, STAGES, jobs, log_path
+from xaipipe.pipeline import STAGES, jobs, log_template
 
 REPO = Path(__file__).resolve().parents[1]
+STARTUP = "roar: process start-up + writing"
 
 
 def job_seconds(config, stage_name: str, wildcards: dict) -> float:
     """Wall-clock seconds Snakemake's ``benchmark:`` recorded for one job."""
-    tsv = log_path(config, STAGES[stage_name], "tsv", BENCHMARK_DIR, **wildcards)
+    tsv = paths.at(config, log_template(STAGES[stage_name], paths.BENCHMARK_T), **wildcards)
     if not tsv.is_file():
         sys.exit(f"{tsv} is missing: run the workflow with this config first (e.g. make demo)")
     return float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
@@ -51,7 +54,7 @@ def grid_phases(config) -> pd.DataFrame:
             phases[name] += seconds
         startup += job_seconds(config, "roar", wc) - sum(result["seconds_by_phase"].values())
     n = len(roar_jobs)
-    rows["roar: process start-up + writing"] = (startup, n)
+    rows[STARTUP] = (startup, n)
     rows.update({f"roar: {name}": (seconds, n) for name, seconds in phases.items()})
     table = pd.DataFrame([(k, s, c) for k, (s, c) in rows.items()],
                          columns=["phase", "seconds", "jobs"])
@@ -71,6 +74,7 @@ def main() -> None:
                                                    "share": "{:.1%}".format,
                                                    "per_job": "{:.2f}".format}))
     print(f"total {table['seconds'].sum():.1f} s of job time")
+    print(f"fixed-cost share: {100 * table.loc[table['phase'] == STARTUP, 'share'].sum():.1f} %")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 from e2e.workdir import REPO, VENV_BIN, copy_repo, run, snakemake
+from xaipipe import io_audit, pipeline
+from xaipipe.config import load_config
 
 pytestmark = pytest.mark.slow
 CI = ["--configfile", "config/ci.yaml", "tests/e2e/one-variant.yaml"]
@@ -50,9 +52,24 @@ def assert_same_key_outputs(a, b, tables, b_results="results") -> None:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
+    """The whole CI DAG by local Snakemake, every stage recorded by xaipipe.io_audit into
+    ``<work>/../audit``."""
     work = copy_repo(tmp_path_factory.mktemp("local") / "repo")
-    snakemake(["--cores", "2", *CI], work, timeout=600)
+    snakemake(["--cores", "2", *CI], work, timeout=600,
+              extra_env={io_audit.AUDIT_DIR_ENV: str(work.parent / "audit")})
     return work
+
+
+def test_every_stage_reads_and_writes_only_what_it_declares(local_run):
+    """Files read and written, config keys read and library modules imported by every job
+    are declared in the stage table (inputs, outputs, params, DVC deps)."""
+    config = load_config([local_run / "config.yaml", *(local_run / c for c in CI[1:])])
+    records = [json.loads(p.read_text()) for p in (local_run.parent / "audit").glob("*.json")]
+    jobs = sum(len(pipeline.jobs(pipeline.STAGES[n], config))
+               for n in pipeline.active_stage_names(config))
+    assert len(records) == jobs, "every job leaves one audit record"
+    found = [p for record in records for p in io_audit.problems(record, config, local_run)]
+    assert found == [], "\n".join(found)
 
 
 def test_local_snakemake_runs_the_whole_dag(local_run):

@@ -1,5 +1,5 @@
-"""Energy in mask and pointing game of an untrained ResNet18's maps (every model-dependent
-explain method) on the unmodified val images: the baseline every variant's localisation is
+"""Energy in mask and pointing game of an untrained model's maps (model.arch; every
+model-dependent explain method) on the unmodified val images: the baseline every variant's localisation is
 read against. Writes results/evaluate/metrics/untrained/localisation.csv
 (see xaipipe.evaluate.localisation.run_untrained_localisation and docs/metrics.md).
 

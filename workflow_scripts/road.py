@@ -7,13 +7,13 @@ import sys
 
 from xaipipe import paths
 from xaipipe.cli import add_method_argument, add_variant_argument, run_stage, stage_parser
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.evaluate.road import run_road
 from xaipipe.io import write_json
 
 
 def main(args, config):
-    with claim_device(config["device"]) as device:
+    with claim_job_device(config) as device:
         result = run_road(config, args.variant, args.method, device)
     write_json(paths.road_result(config, args.variant, args.method), result)
 

@@ -2,20 +2,20 @@
 
 Reads the variant's train/val tensor store and the method's attribution maps of both splits,
 replaces the top (ROAR) or all but the top (KAR) ``--fraction`` of each image's pixels by the
-training-set channel mean, retrains a fresh ResNet18 and writes
+training-set channel mean, retrains a fresh model (model.arch) and writes
 ``paths.roar_result(config, kind, variant, method, fraction, seed)`` (JSON)."""
 
 import sys
 
 from xaipipe import paths
 from xaipipe.cli import add_method_argument, add_variant_argument, run_stage, stage_parser
-from xaipipe.device import claim_device
+from xaipipe.device import claim_job_device
 from xaipipe.evaluate.roar import KINDS, run_roar
 from xaipipe.io import write_json
 
 
 def main(args, config):
-    with claim_device(config["device"]) as device:
+    with claim_job_device(config) as device:
         result = run_roar(config, args.kind, args.variant, args.method, args.fraction,
                           args.seed, device)
     write_json(paths.roar_result(config, args.kind, args.variant, args.method, args.fraction,

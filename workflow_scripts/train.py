@@ -1,4 +1,4 @@
-"""Train the ResNet18 of one variant: model.pt, metrics.json, history.csv, learning_curve.png
+"""Train the classifier (model.arch) of one variant: model.pt, metrics.json, history.csv, learning_curve.png
 under results/models/<variant>/ (see xaipipe.train_stage).
 
     python workflow_scripts/train.py --config config.yaml [config/demo.yaml] --variant black

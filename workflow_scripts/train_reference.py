@@ -1,5 +1,5 @@
 """Train the reference judge for feature-visualisation recognisability: a second `standard`
-ResNet18 with seed + 1, written to results/models/standard_reference/{model.pt,metrics.json}
+model (model.arch) with seed + 1, written to results/models/standard_reference/{model.pt,metrics.json}
 (see xaipipe.evaluate.featvis_metrics.run_train_reference).
 
     python workflow_scripts/train_reference.py --config config.yaml [config/demo.yaml]

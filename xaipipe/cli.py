@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from xaipipe import registry
+from xaipipe import io_audit, registry
 from xaipipe.config import load_config
 from xaipipe.errors import ConfigError, XaipipeError
 
@@ -72,6 +72,7 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse
 
     A :class:`XaipipeError` (bad config, bad input file) is printed as one clear line and
     exits with status 1, without a traceback: the message already names the file and fix.
+    With ``XAIPIPE_AUDIT_DIR`` set, the run is recorded for :mod:`xaipipe.io_audit`.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser.parse_args(argv)
@@ -80,11 +81,23 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse
 
         torch.set_num_threads(args.threads)
     logging.getLogger("xaipipe").info("%s started: %s", parser.prog, " ".join(argv or sys.argv[1:]))
+    audit = None
     try:
         config = load_config(args.config)
         check_registered(args, config)
-        main(args, config)
+        audit = io_audit.start(config)
+        main(args, audit[1] if audit else config)
     except XaipipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if audit:
+            io_audit.finish(audit[0], sys.argv[0], _wildcards(args))
     return 0
+
+
+def _wildcards(args: argparse.Namespace) -> dict:
+    """The stage's wildcard arguments (everything but --config and --threads); a one-element
+    list (``--variant`` of the variant stage takes several) as its element."""
+    return {k: v[0] if isinstance(v, list) and len(v) == 1 else v
+            for k, v in vars(args).items() if k not in ("config", "threads")}

@@ -1,49 +1,52 @@
-"""The stage list: one table that both runners are built from.
+"""The stage table: one declaration of the DAG that both runners are built from.
 
-Every stage of the DAG (``DESIGN.md``) is a :class:`Stage`: the script it runs, its wildcard
-arguments, its input and output paths (from :mod:`xaipipe.paths`), the config keys whose
-values it depends on, and its compute needs. ``rules/*.smk`` turn each stage into a Snakemake
-rule through :func:`snakemake_outputs`, :func:`snakemake_inputs`, :func:`shell_command` and
-:func:`params_slice`; :func:`dvc_yaml` turns the same table into ``dvc.yaml``::
+Every stage of the DAG (``DESIGN.md``) is a :class:`Stage`: the script it runs, the grid of
+its wildcards, its inputs and outputs as path templates of :mod:`xaipipe.paths`, the config
+keys whose values it depends on, and its compute needs. Two generators turn the table into
+the files the runners read, and tests fail when either is out of date:
 
+* :mod:`xaipipe.rulegen` writes ``rules/*.smk``, one readable Snakemake rule per stage
+  (input, output, params, log, benchmark, threads, resources, conda and shell in place);
+* :mod:`xaipipe.dvcgen` writes ``dvc.yaml``, the same commands as DVC matrix stages, with the
+  library modules each script imports as dependencies.
+
+::
+
+    python -m xaipipe.pipeline rules                      # rewrite rules/*.smk
     python -m xaipipe.pipeline dvc --config config.yaml > dvc.yaml
 
-``tests/test_workflow_dvc.py`` checks that the committed ``dvc.yaml`` is current and that
-Snakemake's dry-run plans the same commands and outputs as DVC.
-
-Path templates: a stage's path functions are called with :class:`Placeholder` wildcards, a
-``str`` whose ``format()`` ignores the format spec and renders ``{name}`` (Snakemake) or
-``${item.name}`` (DVC matrix). So ``f"fraction{fraction:g}"`` in :mod:`xaipipe.paths` becomes
-``fraction{fraction}``, and one path function serves concrete runs and both templates.
+A declared file (:class:`Files`) is a template plus the values of its fields: a literal, or a
+:class:`Value` computed from the config (one value, or a list that the rule file spells as
+Snakemake's ``expand()``). Every other ``{name}`` of the template is one of the stage's
+wildcards. The same declaration gives the concrete paths of a job (:func:`job_files`), the
+rule file's text and the DVC template, and ``xaipipe.io_audit`` checks it against what each
+stage really reads and writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
-import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-import yaml
+from typing import Any, Callable, Mapping, Sequence
 
 from xaipipe import paths
-from xaipipe.config import load_config, validation_variants
+from xaipipe.config import validation_variants
 from xaipipe.errors import ConfigError
 from xaipipe.explain.oracle import ORACLE_METHODS
-from xaipipe.io import write_text
 from xaipipe.report.aggregate import TABLES as REPORT_TABLES
 
 SCRIPTS_DIR = "workflow_scripts"
-LOG_DIR = "logs"
-BENCHMARK_DIR = "benchmarks"
 
 
 class Placeholder(str):
-    """A wildcard stand-in for path templates (see module docstring)."""
+    """A wildcard stand-in for rendering templates: ``format()`` ignores the format spec
+    (``{fraction:g}`` renders as the placeholder) and the text is ``template`` filled with the
+    wildcard's name (``{name}`` for Snakemake, ``${item.name}`` for a DVC matrix)."""
 
     def __new__(cls, name: str, template: str = "{{{name}}}"):
         obj = super().__new__(cls, template.format(name=name))
@@ -54,49 +57,41 @@ class Placeholder(str):
         return str(self)
 
 
-PathMap = Mapping[str, "Path | list[Path]"]
+# --- config-derived values ---------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _lookup(config: Mapping, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One DAG node.
+class Value:
+    """A value the stage table takes from the config: ``source`` is how the rule files spell
+    it (they run with ``config`` and the functions of this module in scope), ``of`` computes
+    it. Build one with :func:`key` or :func:`derived`, never by hand, so the two agree."""
 
-    ``wildcards``: the script's wildcard arguments, in order (``--variant V`` ...).
-    ``outputs`` / ``inputs``: ``(config, **wildcards) -> {name: path or list of paths}``.
-    ``dir_outputs``: output names that are directories. ``params``: dotted config keys the
-    results depend on (``{variant}`` is replaced by the wildcard); the merged values are the
-    rule's ``params`` (Snakemake's params rerun trigger) and the stage's DVC ``params``.
-    ``metrics`` / ``plots`` / ``report``: output names shown as DVC metrics, DVC plots and in
-    Snakemake's HTML report. ``runtime`` is in minutes. ``threads``: the job's CPU cores,
-    passed to the script as ``--threads`` (torch's thread count); GPU stages other than
-    training take one, so CPU-only runs execute two of them side by side. ``priority``:
-    Snakemake's rule priority; training goes first because it unblocks everything after it
-    (otherwise a two-thread job waits until no one-thread job is left).
-    """
-
-    name: str
-    group: str
-    env: str
-    wildcards: tuple[str, ...]
-    outputs: Callable[..., PathMap]
-    inputs: Callable[..., PathMap]
-    params: tuple[str, ...]
-    gpu: bool = False
-    threads: int = 1
-    priority: int = 0
-    mem_mb: int = 4000
-    runtime: int = 60
-    dir_outputs: frozenset[str] = frozenset()
-    metrics: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ()
-    report: tuple[str, ...] = ()
-
-    @property
-    def script(self) -> str:
-        return f"{SCRIPTS_DIR}/{self.name}.py"
+    source: str
+    of: Callable[[Mapping], Any]
 
 
-# --- wildcard grids ----------------------------------------------------------------------
+def key(dotted: str) -> Value:
+    """The config value at ``dotted`` (``"roar.fractions"`` -> ``config["roar"]["fractions"]``)."""
+    return Value(source="config" + "".join(f'["{part}"]' for part in dotted.split(".")),
+                 of=lambda config: _lookup(config, dotted))
+
+
+def derived(function: Callable[[Mapping], Any]) -> Value:
+    """``function(config)``: a module-level function of this module (or of
+    :mod:`xaipipe.paths`), importable by the rule files under its own name."""
+    return Value(source=f"{function.__name__}(config)", of=function)
+
 
 def store_variants(config: Mapping) -> list[str]:
     """Variants whose tensor store is built: the configured ones plus ``standard``, which the
@@ -111,263 +106,405 @@ def attribution_methods(config: Mapping) -> list[str]:
 
 
 def roar_kinds(config: Mapping) -> list[str]:
+    """``roar``, plus ``kar`` when ``roar.kar`` is on."""
     return ["roar", "kar"] if config["roar"]["kar"] else ["roar"]
 
 
+def roar_seeds(config: Mapping) -> list[int]:
+    """Retraining seed indices ``0 .. roar.seeds - 1``."""
+    return list(range(config["roar"]["seeds"]))
+
+
+def roar_map_splits(config: Mapping) -> list[str]:
+    """The map splits a remove-and-retrain run reads: ``train`` and ``roar.eval_split``."""
+    return list(dict.fromkeys(["train", config["roar"]["eval_split"]]))
+
+
 def road_methods(config: Mapping) -> list[str]:
+    """roar.methods when ``roar.road`` is on, else none."""
     return list(config["roar"]["methods"]) if config["roar"]["road"] else []
 
 
-def _stage_methods(stage_name: str, config: Mapping) -> list[str]:
-    if stage_name == "attribute":
-        return attribution_methods(config)
-    if stage_name == "road":
-        return road_methods(config)
-    return list(config["roar"]["methods"])
-
-
-ORACLE_GRID = "oracle"
-"""Name of the extra grid that runs the oracle methods on the validation variants only."""
-
-
-def grids(stage: Stage, config: Mapping) -> dict[str, dict[str, list]]:
-    """The wildcard grids of ``stage`` under ``config``: ``{"": main grid}`` plus, for the
-    stages with a ``method`` wildcard, ``{"oracle": ...}``: the oracle methods (those not
-    already in the method list) on the ``metric_validation`` variants only, so validating
-    the metrics does not multiply the whole ROAR grid. Each grid maps a wildcard to its
-    values (empty dict: one job); the jobs are the union of the grids' products."""
-    methods = _stage_methods(stage.name, config)
-    values = {
-        "variant": (store_variants(config) if stage.name == "variant" else
-                    validation_variants(config) if stage.name == "metric_validation" else
-                    list(config["variants"])),
-        "method": methods,
-        "kind": roar_kinds(config),
-        "fraction": list(config["roar"]["fractions"]),
-        "seed": list(range(config["roar"]["seeds"])),
-    }
-    out = {"": {name: values[name] for name in stage.wildcards}}
-    oracles = [m for m in ORACLE_METHODS if m not in methods]
-    if "method" in stage.wildcards and methods and oracles and validation_variants(config):
-        out[ORACLE_GRID] = {**{k: list(v) for k, v in out[""].items()},
-                            "variant": validation_variants(config), "method": oracles}
-    return out
-
-
-def jobs(stage: Stage, config: Mapping) -> list[dict]:
-    """All wildcard combinations of ``stage`` (one dict per job), over all its :func:`grids`."""
-    if stage.name not in active_stage_names(config):
+def _oracles(config: Mapping, methods: Sequence[str]) -> list[str]:
+    """The oracle methods not already in ``methods``; none without validation variants or
+    without a main grid to validate."""
+    if not methods or not validation_variants(config):
         return []
-    return [dict(zip(axes, combo)) for axes in grids(stage, config).values()
-            for combo in itertools.product(*axes.values())]
+    return [m for m in ORACLE_METHODS if m not in methods]
 
 
-# --- inputs -------------------------------------------------------------------------------
-
-def _store(config, variant) -> dict:
-    return {"store": paths.variant_dir(config, variant),
-            "store_done": paths.variant_summary(config, variant)}
+def attribution_oracles(config: Mapping) -> list[str]:
+    """Oracle maps computed beside :func:`attribution_methods` for the metric validation."""
+    return _oracles(config, attribution_methods(config))
 
 
-def _model_and_store(config, variant, **_other_wildcards) -> dict:
-    return {"model": paths.model_weights(config, variant), **_store(config, variant)}
+def roar_oracles(config: Mapping) -> list[str]:
+    """Oracle maps removed-and-retrained beside roar.methods (validation variants only)."""
+    return _oracles(config, config["roar"]["methods"])
 
 
-def _val_maps(config, variant) -> dict:
-    return {"maps": [paths.attribution_map(config, variant, m, "val")
-                     for m in config["explain"]["methods"]]}
+def road_oracles(config: Mapping) -> list[str]:
+    """Oracle maps evaluated by ROAD beside :func:`road_methods` (validation variants only)."""
+    return _oracles(config, road_methods(config))
 
 
-def _oracle_val_maps(config, variant) -> dict:
-    """The maps the metric validation scores: the oracles and random, on val."""
-    return {"maps": [paths.attribution_map(config, variant, m, "val")
-                     for m in (*ORACLE_METHODS, "random")]}
+def first_variant(config: Mapping) -> str:
+    """The first configured variant (whose store gives the class names)."""
+    return config["variants"][0]
 
 
-def _aggregate_inputs(config) -> dict:
-    """Every per-stage number the aggregate stage joins into the report tables."""
-    variants = config["variants"]
-    return {
-        "metrics": [paths.model_metrics(config, v) for v in [*variants, paths.REFERENCE_MODEL]],
-        "store_summaries": [paths.variant_summary(config, v) for v in variants],
-        "undesirable": [paths.undesirable_dir(config, v) for v in variants],
-        "sanity": [paths.sanity_dir(config, v) for v in variants],
-        "confidence_gain": [paths.confidence_gain_table(config, v) for v in variants],
-        "localisation": [paths.localisation_table(config, v) for v in variants],
-        "untrained_localisation": paths.untrained_localisation_table(config),
-        "roar_summary": paths.roar_summary_dir(config),
-        "featvis_metrics": paths.featvis_metrics_table(config),
-        "metric_validation": [paths.metric_validation_table(config, v)
-                              for v in validation_variants(config)],
-    }
+def downloads_voc(config: Mapping) -> bool:
+    """True when download_voc fetches and extracts VOC itself (no ``dataset.voc_root``)."""
+    return not config["dataset"]["voc_root"]
 
 
-def _report_inputs(config) -> dict:
-    """The aggregate tables plus the figures and arrays the report draws from."""
-    variants = config["variants"]
-    return {
-        "tables": [paths.report_table(config, name) for name in REPORT_TABLES],
-        "index": paths.index_table(config),
-        "curves": [paths.model_curve(config, v) for v in variants],
-        "predictions": [paths.model_predictions(config, v) for v in variants],
-        "featvis": [paths.featvis_dir(config, v) for v in variants],
-        "maps": [paths.attribution_map(config, v, m, "val")
-                 for v in variants for m in config["explain"]["methods"]],
-        **{f"store_{v}": paths.variant_dir(config, v) for v in variants},
-    }
+def uses_voc(config: Mapping) -> bool:
+    return config["dataset"]["name"] == "voc2012"
 
 
-def _all_jobs_outputs(config, stage_name: str) -> list[Path]:
-    stage = STAGES[stage_name]
-    return [p for wc in jobs(stage, config) for p in _flat(stage.outputs(config, **wc).values())]
+def uses_synthetic(config: Mapping) -> bool:
+    return config["dataset"]["name"] == "synthetic"
 
 
-def _flat(values: Iterable) -> list:
-    out = []
-    for v in values:
-        out.extend(v if isinstance(v, list) else [v])
-    return out
+def runs_road(config: Mapping) -> bool:
+    return bool(config["roar"]["road"])
+
+
+def validates_metrics(config: Mapping) -> bool:
+    return bool(validation_variants(config))
+
+
+# --- declared files ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Files:
+    """One named input or output: ``template`` (relative to ``results_dir``) with ``fields``
+    filled in; a field whose value is a list (a :class:`Value` giving a list) makes it a list
+    of files. ``directory``: a directory output. ``caption``: shown in Snakemake's HTML report
+    with this caption file of ``rules/report/``. ``when``: declared only if true. ``path``:
+    instead of a template, a :class:`Value` giving the path itself (e.g. a user's directory
+    outside ``results_dir``)."""
+
+    template: str = ""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    directory: bool = False
+    caption: str | None = None
+    when: Value | None = None
+    path: Value | None = None
+
+
+def files(template: str, *, directory: bool = False, caption: str | None = None,
+          when: Value | None = None, **fields: Any) -> Files:
+    return Files(template=template, fields=fields, directory=directory, caption=caption,
+                 when=when)
+
+
+def resolve(entry: Files, config: Mapping, wildcards: Mapping[str, Any]) -> list[Path]:
+    """The concrete paths of ``entry`` for one job (an empty list when ``when`` is false)."""
+    if entry.when is not None and not entry.when.of(config):
+        return []
+    if entry.path is not None:
+        return [Path(entry.path.of(config))]
+    fixed, lists = dict(wildcards), {}
+    for name, value in entry.fields.items():
+        value = value.of(config) if isinstance(value, Value) else value
+        (lists if isinstance(value, (list, tuple)) else fixed)[name] = value
+    return [paths.at(config, entry.template, **fixed, **dict(zip(lists, combo)))
+            for combo in itertools.product(*lists.values())]
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+Grid = Mapping[str, Value]
+"""Wildcard name -> its values under the config (a list); a stage's jobs are the product."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One DAG node.
+
+    ``grid``: wildcard -> values; its keys, in order, are the script's wildcard arguments
+    (``--variant V ...``). ``extra_grids``: further grids of the same wildcards (e.g.
+    ``oracle``: the oracle maps on the validation variants only, so validating the metrics
+    does not multiply the whole grid); the jobs are the union of all grids' products.
+    ``params``: dotted config keys the results depend on (``{variant}`` is the
+    wildcard); the merged values are the rule's ``params`` (Snakemake's params rerun trigger)
+    and the stage's DVC ``params``. ``active``: the stage is in the DAG only when true.
+    ``metrics`` / ``plots``: output names shown as DVC metrics and plots. ``runtime`` is in
+    minutes. ``threads``: the job's CPU cores, passed to the script as ``--threads`` (torch's
+    thread count); GPU stages other than training take one, so CPU-only runs execute two
+    side by side. ``priority``: Snakemake's rule priority; training goes first because it
+    unblocks everything after it.
+    """
+
+    name: str
+    doc: str
+    group: str
+    env: str
+    inputs: Mapping[str, Files]
+    outputs: Mapping[str, Files]
+    params: tuple[str, ...]
+    grid: Grid = field(default_factory=dict)
+    extra_grids: Mapping[str, Grid] = field(default_factory=dict)
+    active: Value | None = None
+    gpu: bool = False
+    threads: int = 1
+    priority: int = 0
+    mem_mb: int = 4000
+    runtime: int = 60
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+
+    @property
+    def script(self) -> str:
+        return f"{SCRIPTS_DIR}/{self.name}.py"
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        return tuple(self.grid)
+
+    def all_grids(self) -> dict[str, Grid]:
+        """``{"": grid, **extra_grids}``."""
+        return {"": self.grid, **self.extra_grids}
+
+
+VARIANTS = key("variants")
+STORE = {"store": files(paths.VARIANT_DIR_T), "store_done": files(paths.VARIANT_SUMMARY_T)}
+MODEL_AND_STORE = {"model": files(paths.MODEL_WEIGHTS_T), **STORE}
+VAL_MAPS = files(paths.ATTRIBUTION_MAP_T, method=key("explain.methods"), split="val")
+ROAR_GRID: Grid = {"kind": derived(roar_kinds), "variant": VARIANTS, "method": key("roar.methods"),
+                   "fraction": key("roar.fractions"), "seed": derived(roar_seeds)}
+ROAR_ORACLE_GRID: Grid = {**ROAR_GRID, "variant": derived(validation_variants),
+                          "method": derived(roar_oracles)}
+ROAD_GRID: Grid = {"variant": VARIANTS, "method": derived(road_methods)}
+ROAD_ORACLE_GRID: Grid = {"variant": derived(validation_variants), "method": derived(road_oracles)}
+MODEL_OUTPUTS = {"weights": files(paths.MODEL_WEIGHTS_T),
+                 "metrics": files(paths.MODEL_METRICS_T),
+                 "history": files(paths.MODEL_HISTORY_T),
+                 "curve": files(paths.MODEL_CURVE_T, caption="learning_curve.rst"),
+                 "predictions": files(paths.MODEL_PREDICTIONS_T)}
+ARCH = ("model.arch", "plugins.models")
+"""The params of every stage that builds or loads a model: the architecture (a plug-in
+architecture's import path included)."""
+
+
+def _with(entries: Mapping[str, Files], **fields: Any) -> dict[str, Files]:
+    """``entries`` with ``fields`` fixed (e.g. the variant of a stage without that wildcard)."""
+    return {name: dataclasses.replace(entry, fields={**entry.fields, **fields})
+            for name, entry in entries.items()}
 
 
 STAGE_LIST: tuple[Stage, ...] = (
-    Stage("download_voc", "data", "data", (),
-          outputs=lambda c: ({"manifest": paths.dataset_manifest(c)} if c["dataset"]["voc_root"]
-                             else {"manifest": paths.dataset_manifest(c),
-                                   "root": paths.dataset_root(c)}),
-          inputs=lambda c: {}, params=("dataset.voc_root", "dataset.url", "dataset.md5"),
-          dir_outputs=frozenset({"root"}), runtime=240),
-    Stage("make_synthetic", "data", "data", (),
-          outputs=lambda c: {"manifest": paths.dataset_manifest(c), "root": paths.dataset_root(c)},
-          inputs=lambda c: {}, params=("seed", "synthetic"), dir_outputs=frozenset({"root"})),
-    Stage("index", "data", "data", (),
-          outputs=lambda c: {"table": paths.index_table(c), "log": paths.index_log(c)},
-          inputs=lambda c: {"manifest": paths.dataset_manifest(c)},
+    Stage("download_voc", "Download and extract PASCAL VOC 2012 (or check dataset.voc_root).",
+          "data", "data", active=derived(uses_voc),
+          inputs={},
+          outputs={"manifest": files(paths.DATASET_MANIFEST_T, dataset="voc2012"),
+                   "root": files(paths.DATASET_ROOT_T, dataset="voc2012", directory=True,
+                                 when=derived(downloads_voc))},
+          params=("dataset.voc_root", "dataset.url", "dataset.md5"), runtime=240),
+    Stage("make_synthetic", "Generate the synthetic VOC-format world (known background cue).",
+          "data", "data", active=derived(uses_synthetic),
+          inputs={},
+          outputs={"manifest": files(paths.DATASET_MANIFEST_T, dataset="synthetic"),
+                   "root": files(paths.DATASET_ROOT_T, dataset="synthetic", directory=True)},
+          params=("seed", "synthetic")),
+    Stage("index", "Labels, splits and foreground fractions of every image.",
+          "data", "data",
+          inputs={"manifest": files(paths.DATASET_MANIFEST_T, dataset=key("dataset.name")),
+                  "root": Files(path=derived(paths.dataset_root))},
+          outputs={"table": files(paths.INDEX_TABLE_T), "log": files(paths.INDEX_LOG_T)},
           params=("dataset.name", "dataset.voc_root", "synthetic.num_classes",
                   "dataset.min_fg_fraction", "dataset.on_bad_file"), metrics=("log",)),
-    Stage("variant", "data", "data", ("variant",),
-          outputs=lambda c, variant: {"store": paths.variant_dir(c, variant),
-                                      "summary": paths.variant_summary(c, variant)},
-          inputs=lambda c, variant: {"index": paths.index_table(c)},
-          params=("seed", "resolution", "dataset.resize", "dataset.on_bad_file", "variant"),
-          dir_outputs=frozenset({"store"}), mem_mb=8000),
-    Stage("train", "train", "torch", ("variant",),
-          outputs=lambda c, variant: {"weights": paths.model_weights(c, variant),
-                                      "metrics": paths.model_metrics(c, variant),
-                                      "history": paths.model_history(c, variant),
-                                      "curve": paths.model_curve(c, variant),
-                                      "predictions": paths.model_predictions(c, variant)},
-          inputs=lambda c, variant: _store(c, variant),
-          params=("seed", "train", "train_overrides.{variant}"), gpu=True, threads=2, priority=1,
-          mem_mb=16000, runtime=720, metrics=("metrics",), plots=("history", "curve"),
-          report=("curve",)),
-    Stage("train_reference", "train", "torch", (),
-          outputs=lambda c: {"weights": paths.model_weights(c, paths.REFERENCE_MODEL),
-                             "metrics": paths.model_metrics(c, paths.REFERENCE_MODEL),
-                             "history": paths.model_history(c, paths.REFERENCE_MODEL),
-                             "curve": paths.model_curve(c, paths.REFERENCE_MODEL),
-                             "predictions": paths.model_predictions(c, paths.REFERENCE_MODEL)},
-          inputs=lambda c: _store(c, "standard"),
-          params=("seed", "train", "train_overrides.standard"), gpu=True, threads=2, priority=1,
-          mem_mb=16000, runtime=720),
-    Stage("attribute", "explain", "torch", ("variant", "method"),
-          outputs=lambda c, variant, method: {
-              "maps": [paths.attribution_map(c, variant, method, s) for s in c["explain"]["splits"]]},
-          inputs=_model_and_store,
-          params=("seed", "explain.channel_reduce", "explain.ig_steps",
-                  "explain.noise_tunnel_samples", "explain.noise_tunnel_stdev",
-                  "explain.occlusion_patch", "explain.target", "explain.cmwp_layer"),
+    Stage("variant", "The tensor store of one training variant (train, val, val_matched).",
+          "data", "data", grid={"variant": derived(store_variants)},
+          inputs={"index": files(paths.INDEX_TABLE_T), "index_log": files(paths.INDEX_LOG_T),
+                  "root": Files(path=derived(paths.dataset_root))},
+          outputs={"store": files(paths.VARIANT_DIR_T, directory=True),
+                   "summary": files(paths.VARIANT_SUMMARY_T)},
+          params=("seed", "resolution", "dataset.resize", "dataset.on_bad_file", "variant",
+                  "plugins.variants.{variant}"),
+          mem_mb=8000),
+    Stage("train", "Train one classifier per variant (Nielsen et al. section IV, Table I).",
+          "train", "torch", grid={"variant": VARIANTS},
+          inputs=STORE, outputs=MODEL_OUTPUTS,
+          params=("seed", *ARCH, "resolution", "train", "train_overrides.{variant}"), gpu=True,
+          threads=2,
+          priority=1, mem_mb=16000, runtime=720, metrics=("metrics",), plots=("history", "curve")),
+    Stage("train_reference", "The independently seeded standard model that judges featvis.",
+          "train", "torch",
+          inputs=_with(STORE, variant="standard"),
+          outputs=_with(MODEL_OUTPUTS, variant=paths.REFERENCE_MODEL),
+          params=("seed", *ARCH, "resolution", "train", "train_overrides.standard"), gpu=True,
+          threads=2,
+          priority=1, mem_mb=16000, runtime=720),
+    Stage("attribute", "Attribution maps of one method on every split of a variant's store.",
+          "explain", "torch",
+          grid={"variant": VARIANTS, "method": derived(attribution_methods)},
+          extra_grids={"oracle": {"variant": derived(validation_variants),
+                                  "method": derived(attribution_oracles)}},
+          inputs=MODEL_AND_STORE,
+          outputs={"maps": files(paths.ATTRIBUTION_MAP_T, split=key("explain.splits"))},
+          params=("seed", *ARCH, "explain.splits", "explain.batch_size", "explain.channel_reduce",
+                  "explain.ig_steps", "explain.noise_tunnel_samples", "explain.noise_tunnel_stdev",
+                  "explain.occlusion_patch", "explain.target", "explain.cmwp_layer",
+                  "plugins.methods.{method}"),
           gpu=True, mem_mb=16000, runtime=240),
-    Stage("featvis", "explain", "torch", ("variant",),
-          outputs=lambda c, variant: {"dir": paths.featvis_dir(c, variant)},
-          inputs=_model_and_store, params=("seed", "featvis"), gpu=True,
-          mem_mb=8000, runtime=240, dir_outputs=frozenset({"dir"})),
-    Stage("undesirable", "explain", "torch", ("variant",),
-          outputs=lambda c, variant: {"dir": paths.undesirable_dir(c, variant)},
-          inputs=_model_and_store, params=("seed", "undesirable"), gpu=True,
-          mem_mb=8000, runtime=240, dir_outputs=frozenset({"dir"})),
-    Stage("sanity", "explain", "torch", ("variant",),
-          outputs=lambda c, variant: {"dir": paths.sanity_dir(c, variant)},
-          inputs=_model_and_store,
-          params=("seed", "sanity", "explain.channel_reduce", "explain.ig_steps",
-                  "explain.noise_tunnel_samples", "explain.noise_tunnel_stdev", "explain.target"),
-          gpu=True, mem_mb=8000, runtime=240, dir_outputs=frozenset({"dir"})),
-    Stage("roar", "roar", "torch", ("kind", "variant", "method", "fraction", "seed"),
-          outputs=lambda c, kind, variant, method, fraction, seed: {
-              "result": paths.roar_result(c, kind, variant, method, fraction, seed)},
-          inputs=lambda c, kind, variant, method, fraction, seed: {
-              **_store(c, variant),
-              "maps": [paths.attribution_map(c, variant, method, s)
-                       for s in ("train", c["roar"]["eval_split"])]},
-          params=("seed", "roar.epochs", "roar.eval_split", "roar.kar_fraction", "train",
+    Stage("featvis", "Feature visualisation: activation maximisation with L2 (paper IV-V).",
+          "explain", "torch", grid={"variant": VARIANTS},
+          inputs=MODEL_AND_STORE,
+          outputs={"dir": files(paths.FEATVIS_DIR_T, directory=True)},
+          params=("seed", *ARCH, "featvis"), gpu=True, mem_mb=8000, runtime=240),
+    Stage("undesirable", "F-TC / F-NTC undesirable pixels and phi (Kang et al.).",
+          "explain", "torch", grid={"variant": VARIANTS},
+          inputs=MODEL_AND_STORE,
+          outputs={"dir": files(paths.UNDESIRABLE_DIR_T, directory=True)},
+          params=("seed", *ARCH, "undesirable"), gpu=True, mem_mb=8000, runtime=240),
+    Stage("sanity", "Model and data randomisation sanity checks (Adebayo et al.).",
+          "explain", "torch", grid={"variant": VARIANTS},
+          inputs=MODEL_AND_STORE,
+          outputs={"dir": files(paths.SANITY_DIR_T, directory=True, caption="sanity.rst")},
+          params=("seed", *ARCH, "sanity", "train", "train_overrides.{variant}", "explain",
+                  "plugins.methods"),
+          gpu=True, mem_mb=8000, runtime=240),
+    Stage("roar", "One ROAR / KAR remove-and-retrain run (Hooker et al. 2019).",
+          "roar", "torch", grid=ROAR_GRID, extra_grids={"oracle": ROAR_ORACLE_GRID},
+          inputs={**STORE, "maps": files(paths.ATTRIBUTION_MAP_T, split=derived(roar_map_splits))},
+          outputs={"result": files(paths.ROAR_RESULT_T)},
+          params=("seed", *ARCH, "roar.epochs", "roar.eval_split", "roar.kar_fraction", "train",
                   "train_overrides.{variant}"),
           gpu=True, mem_mb=16000, runtime=720),
-    Stage("road", "roar", "torch", ("variant", "method"),
-          outputs=lambda c, variant, method: {"result": paths.road_result(c, variant, method)},
-          inputs=lambda c, variant, method: {
-              **_model_and_store(c, variant),
-              "map": paths.attribution_map(c, variant, method, c["roar"]["eval_split"])},
-          params=("seed", "roar.fractions", "roar.road_noise_std", "roar.eval_split"), gpu=True,
-          mem_mb=8000, runtime=120),
-    Stage("roar_summary", "roar", "data", (),
-          outputs=lambda c: {"dir": paths.roar_summary_dir(c)},
-          inputs=lambda c: {"roar": _all_jobs_outputs(c, "roar"),
-                            "road": _all_jobs_outputs(c, "road")},
-          params=("roar.methods", "roar.fractions", "roar.seeds", "roar.kar", "roar.road"),
-          dir_outputs=frozenset({"dir"}), report=("dir",)),
-    Stage("confidence_gain", "metrics", "torch", ("variant",),
-          outputs=lambda c, variant: {"table": paths.confidence_gain_table(c, variant)},
-          inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
-          params=("seed", "resolution", "confidence_gain", "explain.methods"), gpu=True,
-          mem_mb=8000, runtime=240, report=("table",)),
-    Stage("localisation", "metrics", "torch", ("variant",),
-          outputs=lambda c, variant: {"table": paths.localisation_table(c, variant)},
-          inputs=lambda c, variant: {**_model_and_store(c, variant), **_val_maps(c, variant)},
-          params=("seed", "explain.methods", "localisation", "train.bg_only_fill",
-                  "train_overrides.{variant}"), report=("table",)),
-    Stage("localisation_untrained", "metrics", "torch", (),
-          outputs=lambda c: {"table": paths.untrained_localisation_table(c)},
-          inputs=lambda c: _store(c, "standard"),
-          params=("seed", "explain", "localisation"), gpu=True, mem_mb=8000, runtime=240,
-          report=("table",)),
-    Stage("metric_validation", "metrics", "torch", ("variant",),
-          outputs=lambda c, variant: {"table": paths.metric_validation_table(c, variant)},
-          inputs=lambda c, variant: {**_model_and_store(c, variant),
-                                     **_oracle_val_maps(c, variant)},
-          params=("seed", "resolution", "confidence_gain", "localisation"), gpu=True,
-          mem_mb=8000, runtime=240, report=("table",)),
-    Stage("featvis_metrics", "metrics", "torch", (),
-          outputs=lambda c: {"table": paths.featvis_metrics_table(c)},
-          inputs=lambda c: {
-              "featvis": [paths.featvis_dir(c, v) for v in c["variants"]],
-              "models": [paths.model_weights(c, v) for v in c["variants"]],
-              "reference": paths.model_weights(c, paths.REFERENCE_MODEL),
-              **_store(c, c["variants"][0])},
-          params=("variants", "featvis_metrics"), report=("table",)),
-    Stage("aggregate", "report", "data", (),
-          outputs=lambda c: {"tables": [paths.report_table(c, name) for name in REPORT_TABLES]},
-          inputs=lambda c: _aggregate_inputs(c),
-          params=("variants", "seed", "resolution", "dataset", "train.epochs", "train.pretrained",
-                  "train_overrides", "roar", "metric_validation", "report.quality_alpha")),
-    Stage("report", "report", "data", (),
-          outputs=lambda c: {"html": paths.report_html(c), "figures": paths.report_figures_dir(c)},
-          inputs=lambda c: _report_inputs(c),
-          params=("seed", "resolution", "variants", "variant", "explain.methods", "report"),
-          dir_outputs=frozenset({"figures"}), report=("html", "figures")),
+    Stage("road", "ROAD: remove by noisy linear imputation, no retraining (Rong et al. 2022).",
+          "roar", "torch", grid=ROAD_GRID, extra_grids={"oracle": ROAD_ORACLE_GRID},
+          active=derived(runs_road),
+          inputs={**MODEL_AND_STORE,
+                  "map": files(paths.ATTRIBUTION_MAP_T, split=key("roar.eval_split"))},
+          outputs={"result": files(paths.ROAD_RESULT_T)},
+          params=("seed", *ARCH, "roar.fractions", "roar.road_noise_std", "roar.road_solver",
+                  "roar.road_tolerance", "roar.eval_split", "train", "train_overrides.{variant}"),
+          gpu=True, mem_mb=8000, runtime=120),
+    Stage("roar_summary", "ROAR/KAR/ROAD tables, curves and scores against random.",
+          "roar", "data",
+          inputs={"roar": files(paths.ROAR_RESULT_T, **ROAR_GRID),
+                  "roar_oracle": files(paths.ROAR_RESULT_T, **ROAR_ORACLE_GRID),
+                  "road": files(paths.ROAD_RESULT_T, **ROAD_GRID),
+                  "road_oracle": files(paths.ROAD_RESULT_T, **ROAD_ORACLE_GRID)},
+          outputs={"dir": files(paths.ROAR_SUMMARY_DIR_T, directory=True,
+                                caption="roar_summary.rst")},
+          params=("variants", "roar.methods", "roar.fractions", "roar.seeds", "roar.kar",
+                  "roar.kar_fraction", "roar.road", "metric_validation.variants")),
+    Stage("confidence_gain", "Simple and concise confidence gain, SCG / CCG.",
+          "metrics", "torch", grid={"variant": VARIANTS},
+          inputs={**MODEL_AND_STORE, "maps": VAL_MAPS},
+          outputs={"table": files(paths.CONFIDENCE_GAIN_TABLE_T, caption="confidence_gain.rst")},
+          params=("seed", *ARCH, "resolution", "confidence_gain", "explain.methods"), gpu=True,
+          mem_mb=8000, runtime=240),
+    Stage("localisation", "Energy in mask, pointing game and background reliance.",
+          "metrics", "torch", grid={"variant": VARIANTS},
+          inputs={**MODEL_AND_STORE, "maps": VAL_MAPS},
+          outputs={"table": files(paths.LOCALISATION_TABLE_T, caption="localisation.rst")},
+          params=("seed", *ARCH, "resolution", "explain.methods", "localisation", "train",
+                  "train_overrides.{variant}"), gpu=True, mem_mb=8000, runtime=240),
+    Stage("localisation_untrained", "Localisation of an untrained model's maps (baseline).",
+          "metrics", "torch",
+          inputs=_with(STORE, variant="standard"),
+          outputs={"table": files(paths.UNTRAINED_LOCALISATION_TABLE_T,
+                                  caption="localisation_untrained.rst")},
+          params=("seed", *ARCH, "resolution", "explain", "localisation", "plugins.methods"),
+          gpu=True, mem_mb=8000, runtime=240),
+    Stage("metric_validation", "Every metric on oracle maps: object and background vs random.",
+          "metrics", "torch", grid={"variant": derived(validation_variants)},
+          active=derived(validates_metrics),
+          inputs={**MODEL_AND_STORE,
+                  "maps": files(paths.ATTRIBUTION_MAP_T, split="val",
+                                method=["random", *ORACLE_METHODS])},
+          outputs={"table": files(paths.METRIC_VALIDATION_TABLE_T,
+                                  caption="metric_validation.rst")},
+          params=("seed", *ARCH, "resolution", "confidence_gain", "localisation"), gpu=True,
+          mem_mb=8000, runtime=240),
+    Stage("featvis_metrics", "Recognisability and high-frequency share of the visualisations.",
+          "metrics", "torch",
+          inputs={"featvis": files(paths.FEATVIS_DIR_T, variant=VARIANTS),
+                  "models": files(paths.MODEL_WEIGHTS_T, variant=VARIANTS),
+                  "reference": files(paths.MODEL_WEIGHTS_T, variant=paths.REFERENCE_MODEL),
+                  **_with(STORE, variant=derived(first_variant))},
+          outputs={"table": files(paths.FEATVIS_METRICS_TABLE_T, caption="featvis_metrics.rst")},
+          params=("variants", *ARCH, "featvis_metrics"), gpu=True, mem_mb=8000, runtime=240),
+    Stage("aggregate", "Join every stage's numbers into the report tables.",
+          "report", "data",
+          inputs={"metrics": files(paths.MODEL_METRICS_T, variant=VARIANTS),
+                  "reference_metrics": files(paths.MODEL_METRICS_T,
+                                             variant=paths.REFERENCE_MODEL),
+                  "store_summaries": files(paths.VARIANT_SUMMARY_T, variant=VARIANTS),
+                  "undesirable": files(paths.UNDESIRABLE_DIR_T, variant=VARIANTS),
+                  "sanity": files(paths.SANITY_DIR_T, variant=VARIANTS),
+                  "confidence_gain": files(paths.CONFIDENCE_GAIN_TABLE_T, variant=VARIANTS),
+                  "localisation": files(paths.LOCALISATION_TABLE_T, variant=VARIANTS),
+                  "untrained_localisation": files(paths.UNTRAINED_LOCALISATION_TABLE_T),
+                  "roar_summary": files(paths.ROAR_SUMMARY_DIR_T),
+                  "featvis_metrics": files(paths.FEATVIS_METRICS_TABLE_T),
+                  "metric_validation": files(paths.METRIC_VALIDATION_TABLE_T,
+                                             variant=derived(validation_variants))},
+          outputs={"tables": files(paths.REPORT_TABLE_T, name=list(REPORT_TABLES))},
+          params=("variants", "seed", "resolution", "dataset", *ARCH, "train.epochs",
+                  "train.pretrained", "train_overrides", "roar", "metric_validation",
+                  "report.quality_alpha")),
+    Stage("report", "The self-contained HTML report.",
+          "report", "data",
+          inputs={"tables": files(paths.REPORT_TABLE_T, name=list(REPORT_TABLES)),
+                  "index": files(paths.INDEX_TABLE_T),
+                  "curves": files(paths.MODEL_CURVE_T, variant=VARIANTS),
+                  "predictions": files(paths.MODEL_PREDICTIONS_T, variant=VARIANTS),
+                  "featvis": files(paths.FEATVIS_DIR_T, variant=VARIANTS),
+                  "maps": files(paths.ATTRIBUTION_MAP_T, variant=VARIANTS,
+                                method=key("explain.methods"), split="val"),
+                  "stores": files(paths.VARIANT_DIR_T, variant=VARIANTS),
+                  "index_log": files(paths.INDEX_LOG_T),
+                  "dataset": Files(path=derived(paths.dataset_root)),
+                  "roar_summary": files(paths.ROAR_SUMMARY_DIR_T),
+                  "sanity": files(paths.SANITY_DIR_T, variant=VARIANTS),
+                  "undesirable": files(paths.UNDESIRABLE_DIR_T, variant=VARIANTS)},
+          outputs={"html": files(paths.REPORT_HTML_T, caption="report.rst"),
+                   "figures": files(paths.REPORT_FIGURES_DIR_T, directory=True,
+                                    caption="report_figures.rst")},
+          params=("seed", "resolution", "variants", "variant", *ARCH, "dataset.resize",
+                  "explain.methods", "report")),
 )
 
 STAGES: dict[str, Stage] = {s.name: s for s in STAGE_LIST}
 
 
 def active_stage_names(config: Mapping) -> list[str]:
-    """The stages in the DAG under ``config`` (the dataset picks its source stage; ROAD and
-    KAR are switched by ``roar.road`` / ``roar.kar``, the metric validation by
-    ``metric_validation.variants``)."""
-    skip = {"make_synthetic" if config["dataset"]["name"] == "voc2012" else "download_voc"}
-    if not config["roar"]["road"]:
-        skip.add("road")
-    if not validation_variants(config):
-        skip.add("metric_validation")
-    return [s.name for s in STAGE_LIST if s.name not in skip]
+    """The stages in the DAG under ``config`` (the dataset picks its source stage; ROAD is
+    switched by ``roar.road``, the metric validation by ``metric_validation.variants``)."""
+    return [s.name for s in STAGE_LIST if s.active is None or s.active.of(config)]
+
+
+def jobs(stage: Stage, config: Mapping) -> list[dict]:
+    """All wildcard combinations of ``stage`` (one dict per job), over all its grids, in
+    order and without repeats."""
+    if stage.name not in active_stage_names(config):
+        return []
+    out: list[dict] = []
+    for grid in stage.all_grids().values():
+        values = {name: value.of(config) for name, value in grid.items()}
+        for combo in itertools.product(*values.values()):
+            job = dict(zip(values, combo))
+            if job not in out:
+                out.append(job)
+    return out
+
+
+def job_files(stage: Stage, config: Mapping, wildcards: Mapping[str, Any],
+              which: str = "outputs") -> dict[str, list[Path]]:
+    """Name -> concrete paths of ``stage``'s ``which`` (``inputs`` or ``outputs``) for one job."""
+    return {name: resolve(entry, config, wildcards)
+            for name, entry in getattr(stage, which).items()}
+
+
+def all_targets(config: Mapping) -> list[str]:
+    """Every output of every job of the active stages (the ``all`` rule's input)."""
+    return [str(p) for name in active_stage_names(config) for wildcards in jobs(STAGES[name], config)
+            for entries in job_files(STAGES[name], config, wildcards).values() for p in entries]
 
 
 def check_grid(config: Mapping) -> None:
@@ -392,32 +529,21 @@ def check_grid(config: Mapping) -> None:
 
 # --- config slices (params) ------------------------------------------------------------------
 
-_MISSING = object()
-
-
-def _lookup(config: Mapping, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def params_slice(stage: Stage, config: Mapping, **wildcards) -> str:
-    """The merged config values ``stage`` depends on, as canonical JSON (the Snakemake rule's
-    ``params``: a changed value reruns exactly the jobs whose slice changed)."""
+def params_slice(keys: Sequence[str], config: Mapping, **wildcards) -> str:
+    """The merged config values of ``keys`` (``{variant}`` filled from ``wildcards``), as
+    canonical JSON: the Snakemake rule's ``params``, so a changed value reruns exactly the
+    jobs whose slice changed."""
     values = {}
-    for key in stage.params:
-        key = key.format(**wildcards)
-        value = _lookup(config, key)
-        values[key] = None if value is _MISSING else value
+    for dotted in keys:
+        dotted = dotted.format(**wildcards)
+        value = _lookup(config, dotted)
+        values[dotted] = None if value is _MISSING else value
     return json.dumps(values, sort_keys=True)
 
 
 # --- commands ---------------------------------------------------------------------------
 
-def shell_command(stage: Stage, configfiles: Sequence[str], threads: int | str,
+def shell_command(stage: Stage, configfiles: Sequence[str] | str, threads: int | str,
                   **wildcards) -> str:
     """``python workflow_scripts/<stage>.py --config FILES [--wildcard VALUE ...] --threads N``;
     wildcard values may be Placeholders (``{wildcards.variant}`` for Snakemake,
@@ -427,111 +553,29 @@ def shell_command(stage: Stage, configfiles: Sequence[str], threads: int | str,
     count only (1 vs 2 threads moved ResNet18 weights by up to 1.8e-6 after one epoch, which
     shifted SCG in the third decimal), so DVC's ``--threads`` is the rule's ``threads``, what
     Snakemake gives the job when it has that many cores."""
-    args = [f"python {stage.script}", "--config", *configfiles]
+    if not isinstance(configfiles, str):
+        configfiles = " ".join(configfiles)
+    args = [f"python {stage.script}", "--config", configfiles]
     for name in stage.wildcards:
         args += [f"--{name}", str(wildcards[name])]
     return " ".join(args + ["--threads", str(threads)])
 
 
-def log_path(config: Mapping, stage: Stage, ext: str, base: str, **wildcards) -> Path:
-    """``results/<logs|benchmarks>/<stage>/<wildcard values joined by _>.<ext>``."""
-    stem = "_".join(str(wildcards[w]) for w in stage.wildcards) or stage.name
-    return paths.results(config) / base / stage.name / f"{stem}.{ext}"
+def log_template(stage: Stage, base_template: str = paths.LOG_T) -> str:
+    """``logs/<stage>/<wildcards joined by _>.log`` (or the benchmark template), with the
+    wildcards still as ``{name}`` fields."""
+    job = "_".join("{%s}" % w for w in stage.wildcards) or stage.name
+    return base_template.format(stage=stage.name, job=job)
 
 
-def snakemake_wildcards(stage: Stage) -> dict[str, Placeholder]:
-    return {w: Placeholder(w) for w in stage.wildcards}
+DESCRIPTION = """Write the files the runners read, from the stage table.
 
-
-def snakemake_outputs(stage: Stage, config: Mapping) -> dict[str, Any]:
-    """Output patterns (``{variant}`` wildcards) with directories/report items marked by
-    the caller-supplied Snakemake wrappers (see ``rules/common.smk``)."""
-    return {k: [str(p) for p in v] if isinstance(v, list) else str(v)
-            for k, v in stage.outputs(config, **snakemake_wildcards(stage)).items()}
-
-
-def snakemake_inputs(stage: Stage, config: Mapping) -> dict[str, Any]:
-    ins = stage.inputs(config, **snakemake_wildcards(stage))
-    ins = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in ins.items()}
-    ins["script"] = stage.script
-    return ins
-
-
-# --- dvc.yaml -----------------------------------------------------------------------------
-
-def _dvc_params(stage: Stage, configfiles: Sequence[str]) -> list:
-    """Per config file, the keys DVC should track: each of the stage's keys if the file
-    sets it, else its nearest ancestor the file sets (over-tracking is safe; a key no file
-    sets takes the schema default, which DVC cannot see -- see docs/orchestration.md)."""
-    out = []
-    for path in configfiles:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        keys: list[str] = []
-        for key in stage.params:
-            key = key.split(".{")[0]  # per-variant keys are tracked as their section
-            parts = key.split(".")
-            for depth in range(len(parts), 0, -1):
-                candidate = ".".join(parts[:depth])
-                if _lookup(data, candidate) is not _MISSING:
-                    if candidate not in keys:
-                        keys.append(candidate)
-                    break
-        keys = [k for k in keys if not any(k.startswith(other + ".") for other in keys)]
-        if keys:
-            out.append({path: keys})
-    return out
-
-
-def _dvc_stage(stage: Stage, config: Mapping, configfiles: Sequence[str],
-               matrix: Mapping[str, list], wdir: str | None = None) -> dict:
-    wc = {w: Placeholder(w, "${{item.{name}}}") for w in stage.wildcards}
-    outs = stage.outputs(config, **wc)
-    ins = stage.inputs(config, **wc)
-    entry: dict[str, Any] = {"wdir": wdir} if wdir else {}
-    if stage.wildcards:
-        entry["matrix"] = dict(matrix)
-    entry["cmd"] = shell_command(stage, configfiles, stage.threads, **wc)
-    entry["deps"] = [stage.script] + [str(p) for p in _flat(ins.values())]
-    params = _dvc_params(stage, configfiles)
-    if params:
-        entry["params"] = params
-    sections: dict[str, list] = {"outs": [], "metrics": [], "plots": []}
-    for name, value in outs.items():
-        section = "metrics" if name in stage.metrics else "plots" if name in stage.plots else "outs"
-        sections[section] += [str(p) for p in (value if isinstance(value, list) else [value])]
-    entry.update({k: v for k, v in sections.items() if v})
-    return entry
-
-
-def dvc_yaml(configfiles: Sequence[str], wdir: str | None = None) -> str:
-    """``dvc.yaml`` for the merged ``configfiles``: every active stage, wildcards as a
-    ``matrix``, the same command line as the Snakemake rule (without log redirection). A
-    stage with several :func:`grids` (a DVC matrix is one product) becomes one DVC stage per
-    grid, ``<stage>_<grid>`` after the first, all running the same script. ``wdir`` (the
-    repository root, relative to where the file will live) is set on every stage when the
-    file is not written at the root."""
-    config = load_config(configfiles)
-    check_grid(config)
-    stages = {}
-    for name in active_stage_names(config):
-        for suffix, matrix in grids(STAGES[name], config).items():
-            stages[f"{name}_{suffix}" if suffix else name] = _dvc_stage(
-                STAGES[name], config, configfiles, matrix, wdir)
-    command = "python -m xaipipe.pipeline dvc --config " + " ".join(configfiles)
-    header = ("# Generated by `" + command + (" --out <this directory>`" if wdir else " > dvc.yaml`")
-              + " from the stage list in\n"
-              "# xaipipe/pipeline.py (the same one rules/*.smk use). Do not edit by hand;\n"
-              "# tests/test_workflow_dvc.py fails when the committed dvc.yaml is out of date.\n")
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
-
-
-DESCRIPTION = """Print dvc.yaml generated from the stage list, or write it for a preset.
-
+  python -m xaipipe.pipeline rules                                     # rules/*.smk
   python -m xaipipe.pipeline dvc --config config.yaml > dvc.yaml      # the committed file
   python -m xaipipe.pipeline dvc --config config.yaml config/demo.yaml --out config/dvc/demo
   dvc repro config/dvc/demo/dvc.yaml                                   # run the preset
 
-With --out the file goes to DIR/dvc.yaml (its dvc.lock beside it), every stage runs in the
+dvc with --out writes DIR/dvc.yaml (its dvc.lock beside it), every stage runs in the
 repository root (wdir), and DIR/results_dir.yaml, merged last, sends the preset's outputs to
 <results_dir>/<name of DIR>: DVC refuses two dvc.yaml files that declare the same output, so
 the preset must not write where the committed dvc.yaml does. DIR must not be git-ignored
@@ -539,32 +583,26 @@ the preset must not write where the committed dvc.yaml does. DIR must not be git
 `dvc repro` the file: without a target DVC reproduces every dvc.yaml in the repository."""
 
 
-def write_preset(configfiles: Sequence[str], out: Path) -> Path:
-    """Write ``out/dvc.yaml`` and ``out/results_dir.yaml`` (see :data:`DESCRIPTION`)."""
-    results_dir = f"{load_config(configfiles)['results_dir']}/{out.resolve().name}"
-    overlay = out / "results_dir.yaml"
-    write_text(overlay, "# Generated with dvc.yaml beside it: this preset's outputs stay apart "
-               "from the committed dvc.yaml's.\n" + yaml.safe_dump({"results_dir": results_dir}))
-    files = [*configfiles, os.path.relpath(overlay)]
-    write_text(out / "dvc.yaml", dvc_yaml(files, wdir=os.path.relpath(".", out)))
-    print(f"wrote {out / 'dvc.yaml'} (outputs under {results_dir}/); "
-          f"run: dvc repro {out / 'dvc.yaml'}")
-    return out / "dvc.yaml"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from xaipipe import dvcgen, rulegen
+
     parser = argparse.ArgumentParser(description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["dvc"])
+    parser.add_argument("what", choices=["dvc", "rules"])
     parser.add_argument("--config", nargs="+", default=["config.yaml"], metavar="YAML",
-                        help="config files, merged in order (as --configfile)")
-    parser.add_argument("--out", metavar="DIR", help="write DIR/dvc.yaml instead of printing")
+                        help="dvc: config files, merged in order (as --configfile)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="dvc: write DIR/dvc.yaml instead of printing; rules: the rules "
+                             "directory (default: rules)")
     args = parser.parse_args(argv)
     try:
-        if args.out is None:
-            sys.stdout.write(dvc_yaml(args.config))
+        if args.what == "rules":
+            for path in rulegen.write_rules(Path(args.out or "rules")):
+                print(f"wrote {path}")
+        elif args.out is None:
+            sys.stdout.write(dvcgen.dvc_yaml(args.config))
         else:
-            write_preset(args.config, Path(args.out))
+            dvcgen.write_preset(args.config, Path(args.out))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -39,11 +39,9 @@ def main(argv: list[str]) -> int:
         log.write(identity + "\n")
     if stage.gpu:
         _hold_gpu(results)
-    outputs = stage.outputs(config, **wildcards)
-    for name, value in outputs.items():
-        for path in value if isinstance(value, list) else [value]:
-            path = Path(path)
-            if name in stage.dir_outputs:
+    for name, outputs in pipeline.job_files(stage, config, wildcards).items():
+        for path in outputs:
+            if stage.outputs[name].directory:
                 path.mkdir(parents=True, exist_ok=True)
                 (path / "content.txt").write_text(identity + "\n")
             else:

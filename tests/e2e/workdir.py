@@ -42,9 +42,11 @@ def env() -> dict:
     return e
 
 
-def run(args: list[str], cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, timeout: int = 300, check: bool = True,
+        extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in ``cwd``; on failure the assertion shows its output."""
-    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(args, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")

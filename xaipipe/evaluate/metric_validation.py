@@ -10,8 +10,9 @@ them ``oracle_object`` > ``random`` > ``oracle_background`` in its own direction
 The scores come from the same functions and the same images as the metric stages
 (:func:`xaipipe.evaluate.confidence_gain.score_masks`,
 :func:`xaipipe.evaluate.localisation.method_rows`), so a failure here is a failure of those
-stages. ROAR, KAR and ROAD of the oracles run in their own stages (the ``oracle`` grid of
-:func:`xaipipe.pipeline.grids`); ``xaipipe.report.validation`` joins everything into
+stages. ROAR, KAR and ROAD of the oracles run in their own stages (the ``oracle`` entry of
+each stage's ``extra_grids`` in :mod:`xaipipe.pipeline`); ``xaipipe.report.validation`` joins
+everything into
 ``results/report/metric_validation.csv``.
 """
 
