@@ -31,6 +31,7 @@ wildcard_constraints:
     kind="roar|kar",
     fraction=r"[0-9.e+-]+",
     seed=r"\d+",
+    replicate=r"\d+",
 
 
 include: "rules/common.smk"

@@ -25,7 +25,7 @@ from conftest import fake_split  # noqa: E402
 from xaipipe import paths  # noqa: E402
 from xaipipe.config import load_config, validate_config  # noqa: E402
 from xaipipe.data.store import write_split  # noqa: E402
-from xaipipe.device import claim_device  # noqa: E402
+from xaipipe.device import claim_job_device  # noqa: E402
 from xaipipe.evaluate.roar import run_roar  # noqa: E402
 from xaipipe.pipeline import roar_kinds  # noqa: E402
 from xaipipe.io import save_npy  # noqa: E402
@@ -53,10 +53,10 @@ def main() -> None:
         for seed, (split, n) in enumerate((("train", args.train), ("val", args.val))):
             store = fake_split(n=n, size=size, num_classes=10, seed=seed, variant=variant, split=split)
             write_split(paths.variant_split_dir(config, variant, split), store)
-            save_npy(paths.attribution_map(config, variant, "random", split),
+            save_npy(paths.attribution_map(config, variant, "random", split, replicate=0),
                      rng.random((n, size, size)).astype(np.float16))
         rows = []
-        with claim_device(config["device"]) as device:
+        with claim_job_device(config) as device:
             for kind in ("roar", "kar"):
                 result = run_roar(config, kind, variant, "random", args.fraction, 0, device)
                 rows.append(result)

@@ -57,7 +57,8 @@ def main() -> None:
         make_synthetic(config)
         write_index(config)
         materialise_variants(config, ["standard", "black"])
-        rows = {variant: run_train_stage(config, variant) for variant in ("standard", "black")}
+        rows = {variant: run_train_stage(config, variant, replicate=0)
+                for variant in ("standard", "black")}
     print("variant   " + " ".join(f"{c:>22s}" for c in COLUMNS))
     for variant, metrics in rows.items():
         print(f"{variant:9s} " + " ".join(f"{metrics[c]:22.3f}" for c in COLUMNS))

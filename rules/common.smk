@@ -12,6 +12,7 @@ from xaipipe.pipeline import (
     downloads_voc,
     first_variant,
     params_slice,
+    replicate_ids,
     road_methods,
     road_oracles,
     roar_kinds,

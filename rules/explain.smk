@@ -6,19 +6,21 @@
 # Attribution maps of one method on every split of a variant's store.
 rule attribute:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         script="workflow_scripts/attribute.py",
     output:
         maps=expand(
-            R("explain/{{variant}}/attributions/{{method}}_{split}.npy"),
+            R(
+                "explain/{{variant}}/rep{{replicate}}/attributions/{{method}}_{split}.npy"
+            ),
             split=config["explain"]["splits"],
         ),
     log:
-        R("logs/attribute/{variant}_{method}.log"),
+        R("logs/attribute/{variant}_{method}_{replicate}.log"),
     benchmark:
-        R("benchmarks/attribute/{variant}_{method}.tsv")
+        R("benchmarks/attribute/{variant}_{method}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -45,22 +47,22 @@ rule attribute:
     shell:
         "python workflow_scripts/attribute.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --method {wildcards.method} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --method {wildcards.method} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # Feature visualisation: activation maximisation with L2 (paper IV-V).
 rule featvis:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         script="workflow_scripts/featvis.py",
     output:
-        dir=directory(R("explain/{variant}/featvis")),
+        dir=directory(R("explain/{variant}/rep{replicate}/featvis")),
     log:
-        R("logs/featvis/{variant}.log"),
+        R("logs/featvis/{variant}_{replicate}.log"),
     benchmark:
-        R("benchmarks/featvis/{variant}.tsv")
+        R("benchmarks/featvis/{variant}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -73,22 +75,22 @@ rule featvis:
     shell:
         "python workflow_scripts/featvis.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # F-TC / F-NTC undesirable pixels and phi (Kang et al.).
 rule undesirable:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         script="workflow_scripts/undesirable.py",
     output:
-        dir=directory(R("explain/{variant}/undesirable")),
+        dir=directory(R("explain/{variant}/rep{replicate}/undesirable")),
     log:
-        R("logs/undesirable/{variant}.log"),
+        R("logs/undesirable/{variant}_{replicate}.log"),
     benchmark:
-        R("benchmarks/undesirable/{variant}.tsv")
+        R("benchmarks/undesirable/{variant}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -101,28 +103,28 @@ rule undesirable:
     shell:
         "python workflow_scripts/undesirable.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # Model and data randomisation sanity checks (Adebayo et al.).
 rule sanity:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         script="workflow_scripts/sanity.py",
     output:
         dir=report(
-            directory(R("explain/{variant}/sanity")),
+            directory(R("explain/{variant}/rep{replicate}/sanity")),
             caption="report/sanity.rst",
             category="explain",
             subcategory="sanity",
             patterns=["{name}.png", "{name}.csv"],
         ),
     log:
-        R("logs/sanity/{variant}.log"),
+        R("logs/sanity/{variant}_{replicate}.log"),
     benchmark:
-        R("benchmarks/sanity/{variant}.tsv")
+        R("benchmarks/sanity/{variant}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -144,4 +146,4 @@ rule sanity:
     shell:
         "python workflow_scripts/sanity.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"

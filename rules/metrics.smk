@@ -6,25 +6,28 @@
 # Simple and concise confidence gain, SCG / CCG.
 rule confidence_gain:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         maps=expand(
-            R("explain/{{variant}}/attributions/{method}_val.npy"),
+            R("explain/{{variant}}/rep{{replicate}}/attributions/{method}_val.npy"),
             method=config["explain"]["methods"],
         ),
         script="workflow_scripts/confidence_gain.py",
     output:
         table=report(
-            R("evaluate/metrics/{variant}/confidence_gain.csv"),
+            R("evaluate/metrics/{variant}/rep{replicate}/confidence_gain.csv"),
             caption="report/confidence_gain.rst",
             category="metrics",
             subcategory="confidence_gain",
         ),
+        images=R(
+            "evaluate/metrics/{variant}/rep{replicate}/confidence_gain_images.parquet"
+        ),
     log:
-        R("logs/confidence_gain/{variant}.log"),
+        R("logs/confidence_gain/{variant}_{replicate}.log"),
     benchmark:
-        R("benchmarks/confidence_gain/{variant}.tsv")
+        R("benchmarks/confidence_gain/{variant}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -44,31 +47,34 @@ rule confidence_gain:
     shell:
         "python workflow_scripts/confidence_gain.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # Energy in mask, pointing game and background reliance.
 rule localisation:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         maps=expand(
-            R("explain/{{variant}}/attributions/{method}_val.npy"),
+            R("explain/{{variant}}/rep{{replicate}}/attributions/{method}_val.npy"),
             method=config["explain"]["methods"],
         ),
         script="workflow_scripts/localisation.py",
     output:
         table=report(
-            R("evaluate/metrics/{variant}/localisation.csv"),
+            R("evaluate/metrics/{variant}/rep{replicate}/localisation.csv"),
             caption="report/localisation.rst",
             category="metrics",
             subcategory="localisation",
         ),
+        images=R(
+            "evaluate/metrics/{variant}/rep{replicate}/localisation_images.parquet"
+        ),
     log:
-        R("logs/localisation/{variant}.log"),
+        R("logs/localisation/{variant}_{replicate}.log"),
     benchmark:
-        R("benchmarks/localisation/{variant}.tsv")
+        R("benchmarks/localisation/{variant}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -90,7 +96,7 @@ rule localisation:
     shell:
         "python workflow_scripts/localisation.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # Localisation of an untrained model's maps (baseline).
@@ -137,25 +143,25 @@ rule localisation_untrained:
 # In the DAG only when validates_metrics(config) is true.
 rule metric_validation:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         maps=expand(
-            R("explain/{{variant}}/attributions/{method}_val.npy"),
+            R("explain/{{variant}}/rep{{replicate}}/attributions/{method}_val.npy"),
             method=["random", "oracle_object", "oracle_background"],
         ),
         script="workflow_scripts/metric_validation.py",
     output:
         table=report(
-            R("evaluate/metrics/{variant}/metric_validation.csv"),
+            R("evaluate/metrics/{variant}/rep{replicate}/metric_validation.csv"),
             caption="report/metric_validation.rst",
             category="metrics",
             subcategory="metric_validation",
         ),
     log:
-        R("logs/metric_validation/{variant}.log"),
+        R("logs/metric_validation/{variant}_{replicate}.log"),
     benchmark:
-        R("benchmarks/metric_validation/{variant}.tsv")
+        R("benchmarks/metric_validation/{variant}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -175,15 +181,23 @@ rule metric_validation:
     shell:
         "python workflow_scripts/metric_validation.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # Recognisability and high-frequency share of the visualisations.
 rule featvis_metrics:
     input:
-        featvis=expand(R("explain/{variant}/featvis"), variant=config["variants"]),
-        models=expand(R("models/{variant}/model.pt"), variant=config["variants"]),
-        reference=R("models/standard_reference/model.pt"),
+        featvis=expand(
+            R("explain/{variant}/rep{replicate}/featvis"),
+            variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        models=expand(
+            R("models/{variant}/rep{replicate}/model.pt"),
+            variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        reference=R("models/standard_reference/rep0/model.pt"),
         store=expand(R("data/variants/{variant}"), variant=first_variant(config)),
         store_done=expand(
             R("data/variants/{variant}.json"), variant=first_variant(config)
@@ -209,7 +223,7 @@ rule featvis_metrics:
         gpu=1,
     params:
         config=config_slice(
-            "variants", "model.arch", "plugins.models", "featvis_metrics"
+            "variants", "replicates", "model.arch", "plugins.models", "featvis_metrics"
         ),
     shell:
         "python workflow_scripts/featvis_metrics.py --config "

@@ -6,35 +6,79 @@
 # Join every stage's numbers into the report tables.
 rule aggregate:
     input:
-        metrics=expand(R("models/{variant}/metrics.json"), variant=config["variants"]),
-        reference_metrics=R("models/standard_reference/metrics.json"),
+        metrics=expand(
+            R("models/{variant}/rep{replicate}/metrics.json"),
+            variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        reference_metrics=R("models/standard_reference/rep0/metrics.json"),
         store_summaries=expand(
             R("data/variants/{variant}.json"), variant=config["variants"]
         ),
         undesirable=expand(
-            R("explain/{variant}/undesirable"), variant=config["variants"]
-        ),
-        sanity=expand(R("explain/{variant}/sanity"), variant=config["variants"]),
-        confidence_gain=expand(
-            R("evaluate/metrics/{variant}/confidence_gain.csv"),
+            R("explain/{variant}/rep{replicate}/undesirable"),
             variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        sanity=expand(
+            R("explain/{variant}/rep{replicate}/sanity"),
+            variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        confidence_gain=expand(
+            R("evaluate/metrics/{variant}/rep{replicate}/confidence_gain.csv"),
+            variant=config["variants"],
+            replicate=replicate_ids(config),
         ),
         localisation=expand(
-            R("evaluate/metrics/{variant}/localisation.csv"),
+            R("evaluate/metrics/{variant}/rep{replicate}/localisation.csv"),
             variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        localisation_images=expand(
+            R("evaluate/metrics/{variant}/rep{replicate}/localisation_images.parquet"),
+            variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        confidence_gain_images=expand(
+            R(
+                "evaluate/metrics/{variant}/rep{replicate}/confidence_gain_images.parquet"
+            ),
+            variant=config["variants"],
+            replicate=replicate_ids(config),
+        ),
+        roar=expand(
+            R("evaluate/{kind}/{variant}/{method}/fraction{fraction}_seed{seed}.json"),
+            kind=roar_kinds(config),
+            variant=config["variants"],
+            method=config["roar"]["methods"],
+            fraction=config["roar"]["fractions"],
+            seed=roar_seeds(config),
+        ),
+        road=expand(
+            R("evaluate/metrics/{variant}/rep{replicate}/road_{method}.json"),
+            variant=config["variants"],
+            method=road_methods(config),
+            replicate=replicate_ids(config),
         ),
         untrained_localisation=R("evaluate/metrics/untrained/localisation.csv"),
         roar_summary=R("evaluate/roar_summary"),
         featvis_metrics=R("evaluate/featvis_metrics.csv"),
         metric_validation=expand(
-            R("evaluate/metrics/{variant}/metric_validation.csv"),
+            R("evaluate/metrics/{variant}/rep{replicate}/metric_validation.csv"),
             variant=validation_variants(config),
+            replicate=replicate_ids(config),
         ),
         script="workflow_scripts/aggregate.py",
     output:
         tables=expand(
             R("report/{name}.csv"),
             name=[
+                "effects",
+                "intervals",
+                "model_contrast",
+                "model_contrast_points",
+                "metric_agreement",
                 "table1",
                 "quality",
                 "confidence_gain",
@@ -61,6 +105,7 @@ rule aggregate:
     params:
         config=config_slice(
             "variants",
+            "replicates",
             "seed",
             "resolution",
             "dataset",
@@ -72,6 +117,11 @@ rule aggregate:
             "roar",
             "metric_validation",
             "report.quality_alpha",
+            "report.effects_baseline",
+            "report.ci_level",
+            "report.bootstrap_resamples",
+            "report.permutation_resamples",
+            "report.effect_alpha",
         ),
     shell:
         "python workflow_scripts/aggregate.py --config "
@@ -85,6 +135,11 @@ rule report:
         tables=expand(
             R("report/{name}.csv"),
             name=[
+                "effects",
+                "intervals",
+                "model_contrast",
+                "model_contrast_points",
+                "metric_agreement",
                 "table1",
                 "quality",
                 "confidence_gain",
@@ -100,14 +155,14 @@ rule report:
         ),
         index=R("data/index.parquet"),
         curves=expand(
-            R("models/{variant}/learning_curve.png"), variant=config["variants"]
+            R("models/{variant}/rep0/learning_curve.png"), variant=config["variants"]
         ),
         predictions=expand(
-            R("models/{variant}/val_predictions.npy"), variant=config["variants"]
+            R("models/{variant}/rep0/val_predictions.npy"), variant=config["variants"]
         ),
-        featvis=expand(R("explain/{variant}/featvis"), variant=config["variants"]),
+        featvis=expand(R("explain/{variant}/rep0/featvis"), variant=config["variants"]),
         maps=expand(
-            R("explain/{variant}/attributions/{method}_val.npy"),
+            R("explain/{variant}/rep0/attributions/{method}_val.npy"),
             variant=config["variants"],
             method=config["explain"]["methods"],
         ),
@@ -115,9 +170,9 @@ rule report:
         index_log=R("data/index_log.json"),
         dataset=dataset_root(config),
         roar_summary=R("evaluate/roar_summary"),
-        sanity=expand(R("explain/{variant}/sanity"), variant=config["variants"]),
+        sanity=expand(R("explain/{variant}/rep0/sanity"), variant=config["variants"]),
         undesirable=expand(
-            R("explain/{variant}/undesirable"), variant=config["variants"]
+            R("explain/{variant}/rep0/undesirable"), variant=config["variants"]
         ),
         script="workflow_scripts/report.py",
     output:
@@ -149,6 +204,7 @@ rule report:
             "seed",
             "resolution",
             "variants",
+            "replicates",
             "variant",
             "model.arch",
             "plugins.models",

@@ -9,7 +9,7 @@ rule roar:
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         maps=expand(
-            R("explain/{{variant}}/attributions/{{method}}_{split}.npy"),
+            R("explain/{{variant}}/rep{{seed}}/attributions/{{method}}_{split}.npy"),
             split=roar_map_splits(config),
         ),
         script="workflow_scripts/roar.py",
@@ -49,20 +49,22 @@ rule roar:
 # In the DAG only when runs_road(config) is true.
 rule road:
     input:
-        model=R("models/{variant}/model.pt"),
+        model=R("models/{variant}/rep{replicate}/model.pt"),
         store=R("data/variants/{variant}"),
         store_done=R("data/variants/{variant}.json"),
         map=expand(
-            R("explain/{{variant}}/attributions/{{method}}_{split}.npy"),
+            R(
+                "explain/{{variant}}/rep{{replicate}}/attributions/{{method}}_{split}.npy"
+            ),
             split=config["roar"]["eval_split"],
         ),
         script="workflow_scripts/road.py",
     output:
-        result=R("evaluate/metrics/{variant}/road_{method}.json"),
+        result=R("evaluate/metrics/{variant}/rep{replicate}/road_{method}.json"),
     log:
-        R("logs/road/{variant}_{method}.log"),
+        R("logs/road/{variant}_{method}_{replicate}.log"),
     benchmark:
-        R("benchmarks/road/{variant}_{method}.tsv")
+        R("benchmarks/road/{variant}_{method}_{replicate}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -86,7 +88,7 @@ rule road:
     shell:
         "python workflow_scripts/road.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --method {wildcards.method} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --method {wildcards.method} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # ROAR/KAR/ROAD tables, curves and scores against random.
@@ -109,14 +111,16 @@ rule roar_summary:
             seed=roar_seeds(config),
         ),
         road=expand(
-            R("evaluate/metrics/{variant}/road_{method}.json"),
+            R("evaluate/metrics/{variant}/rep{replicate}/road_{method}.json"),
             variant=config["variants"],
             method=road_methods(config),
+            replicate=replicate_ids(config),
         ),
         road_oracle=expand(
-            R("evaluate/metrics/{variant}/road_{method}.json"),
+            R("evaluate/metrics/{variant}/rep{replicate}/road_{method}.json"),
             variant=validation_variants(config),
             method=road_oracles(config),
+            replicate=replicate_ids(config),
         ),
         script="workflow_scripts/roar_summary.py",
     output:
@@ -140,6 +144,7 @@ rule roar_summary:
     params:
         config=config_slice(
             "variants",
+            "replicates",
             "roar.methods",
             "roar.fractions",
             "roar.seeds",

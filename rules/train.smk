@@ -10,20 +10,20 @@ rule train:
         store_done=R("data/variants/{variant}.json"),
         script="workflow_scripts/train.py",
     output:
-        weights=R("models/{variant}/model.pt"),
-        metrics=R("models/{variant}/metrics.json"),
-        history=R("models/{variant}/history.csv"),
+        weights=R("models/{variant}/rep{replicate}/model.pt"),
+        metrics=R("models/{variant}/rep{replicate}/metrics.json"),
+        history=R("models/{variant}/rep{replicate}/history.csv"),
         curve=report(
-            R("models/{variant}/learning_curve.png"),
+            R("models/{variant}/rep{replicate}/learning_curve.png"),
             caption="report/learning_curve.rst",
             category="train",
             subcategory="train",
         ),
-        predictions=R("models/{variant}/val_predictions.npy"),
+        predictions=R("models/{variant}/rep{replicate}/val_predictions.npy"),
     log:
-        R("logs/train/{variant}.log"),
+        R("logs/train/{variant}_{replicate}.log"),
     benchmark:
-        R("benchmarks/train/{variant}.tsv")
+        R("benchmarks/train/{variant}_{replicate}.tsv")
     priority: 1
     conda:
         "../envs/torch.yaml"
@@ -44,7 +44,7 @@ rule train:
     shell:
         "python workflow_scripts/train.py --config "
         + CONFIGFILES
-        + " --variant {wildcards.variant} --threads {threads} > {log} 2>&1"
+        + " --variant {wildcards.variant} --replicate {wildcards.replicate} --threads {threads} > {log} 2>&1"
 
 
 # The independently seeded standard model that judges featvis.
@@ -54,16 +54,16 @@ rule train_reference:
         store_done=R("data/variants/standard.json"),
         script="workflow_scripts/train_reference.py",
     output:
-        weights=R("models/standard_reference/model.pt"),
-        metrics=R("models/standard_reference/metrics.json"),
-        history=R("models/standard_reference/history.csv"),
+        weights=R("models/standard_reference/rep0/model.pt"),
+        metrics=R("models/standard_reference/rep0/metrics.json"),
+        history=R("models/standard_reference/rep0/history.csv"),
         curve=report(
-            R("models/standard_reference/learning_curve.png"),
+            R("models/standard_reference/rep0/learning_curve.png"),
             caption="report/learning_curve.rst",
             category="train",
             subcategory="train_reference",
         ),
-        predictions=R("models/standard_reference/val_predictions.npy"),
+        predictions=R("models/standard_reference/rep0/val_predictions.npy"),
     log:
         R("logs/train_reference/train_reference.log"),
     benchmark:

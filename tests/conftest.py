@@ -154,16 +154,18 @@ def run_workflow_script(name: str, argv: list[str]) -> int:
 
 @pytest.fixture
 def save_untrained_model():
-    """``save_untrained_model(config, variant, num_classes=4)`` writes a freshly initialised
-    (seed 0) ResNet18 to ``paths.model_weights``, the model input of the explanation stages."""
+    """``save_untrained_model(config, variant, num_classes=4, replicate=0)`` writes a freshly
+    initialised (seed 0) ResNet18 to ``paths.model_weights`` of that replicate, the model input
+    of the explanation stages."""
     import torch
 
     from xaipipe import paths
     from xaipipe.models import build_model, save_model
 
-    def _save(config: dict, variant: str, num_classes: int = 4) -> None:
+    def _save(config: dict, variant: str, num_classes: int = 4, *, replicate: int = 0) -> None:
         torch.manual_seed(0)
-        save_model(paths.model_weights(config, variant), build_model(num_classes),
+        save_model(paths.model_weights(config, variant, replicate=replicate),
+                   build_model(num_classes),
                    {"num_classes": num_classes, "class_names": [f"class{c}" for c in range(num_classes)],
                     "resolution": config["resolution"], "variant": variant})
 

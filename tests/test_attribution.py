@@ -165,13 +165,14 @@ def test_stored_maps_rank_pixels_exactly_as_float32(make_config, fake_variant_st
     val = fake_variant_store(config, "black", {"val": 3})["val"]
     torch.manual_seed(0)
     net = build_model(4)
-    save_model(paths.model_weights(config, "black"), net, {"num_classes": 4})
-    argv = ["--config", *_config_files(config), "--variant", "black", "--method", method]
+    save_model(paths.model_weights(config, "black", replicate=0), net, {"num_classes": 4})
+    argv = ["--config", *_config_files(config), "--variant", "black", "--method", method,
+            "--replicate", "0"]
     assert run_workflow_script("attribute", argv) == 0
-    stored = np.load(paths.attribution_map(config, "black", method, "val"))
+    stored = np.load(paths.attribution_map(config, "black", method, "val", replicate=0))
     from xaipipe.seeds import named_seed
     direct = attribute_split(net.eval(), val, method, config["explain"], device="cpu",
-                             seed=named_seed(config, f"attribute/black/{method}"))
+                             seed=named_seed(config, f"attribute/black/rep0/{method}"))
     assert stored.dtype == np.float32
     for s, d in zip(stored.reshape(3, -1), direct.reshape(3, -1)):
         assert np.array_equal(np.argsort(-s, kind="stable"), np.argsort(-d, kind="stable"))
@@ -201,18 +202,20 @@ def test_attribute_stage_writes_maps(make_config, fake_variant_store):
     config = make_config({"explain": {"splits": ["val"], "batch_size": 4}})
     fake_variant_store(config, "black", {"train": 2, "val": 6})
     torch.manual_seed(0)
-    save_model(paths.model_weights(config, "black"), build_model(4), {"num_classes": 4})
-    argv = ["--config", *_config_files(config), "--variant", "black", "--method", "gradcam"]
+    save_model(paths.model_weights(config, "black", replicate=0), build_model(4), {"num_classes": 4})
+    argv = ["--config", *_config_files(config), "--variant", "black", "--method", "gradcam",
+            "--replicate", "0"]
     assert run_workflow_script("attribute", argv) == 0
-    maps = np.load(paths.attribution_map(config, "black", "gradcam", "val"))
+    maps = np.load(paths.attribution_map(config, "black", "gradcam", "val", replicate=0))
     assert maps.shape == (6, 32, 32) and maps.dtype == np.float32
-    assert not paths.attribution_map(config, "black", "gradcam", "train").exists()
+    assert not paths.attribution_map(config, "black", "gradcam", "train", replicate=0).exists()
 
 
 def test_attribute_stage_missing_model_is_a_clear_error(make_config, fake_variant_store, capsys):
     config = make_config()
     fake_variant_store(config, "noise", {"train": 2, "val": 2})
-    argv = ["--config", *_config_files(config), "--variant", "noise", "--method", "gradient"]
+    argv = ["--config", *_config_files(config), "--variant", "noise", "--method", "gradient",
+            "--replicate", "0"]
     assert run_workflow_script("attribute", argv) == 1
     err = capsys.readouterr().err
     assert "model.pt" in err and "train stage" in err

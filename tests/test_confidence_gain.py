@@ -263,14 +263,17 @@ def test_stage_writes_tidy_table(make_config, fake_variant_store, tmp_path):
     config, config_file = stage_config(make_config, tmp_path)
     val = fake_variant_store(config, "black", {"val": 8})["val"]
     torch.manual_seed(0)
-    save_model(paths.model_weights(config, "black"), build_model(4), {"num_classes": 4})
+    save_model(paths.model_weights(config, "black", replicate=0), build_model(4),
+               {"num_classes": 4})
     rng = np.random.default_rng(0)
     for method in ("gradient", "random"):
-        path = paths.attribution_map(config, "black", method, "val")
+        path = paths.attribution_map(config, "black", method, "val", replicate=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, rng.random((len(val), 32, 32)).astype(np.float16))
-    assert run_workflow_script("confidence_gain", ["--config", config_file, "--variant", "black"]) == 0
-    table = pd.read_csv(paths.confidence_gain_table(config, "black"), dtype={"dilation": str})
+    argv = ["--config", config_file, "--variant", "black", "--replicate", "0"]
+    assert run_workflow_script("confidence_gain", argv) == 0
+    table = pd.read_csv(paths.confidence_gain_table(config, "black", replicate=0),
+                        dtype={"dilation": str})
     # gradient at the paper's three heat-map dilations, the pair at gradient's agreement one
     rows = sorted(zip(table["mask"], table["dilation"]))
     assert rows == sorted([("gradient", "0"), ("gradient", "2"), ("gradient", "5"),
@@ -281,15 +284,38 @@ def test_stage_writes_tidy_table(make_config, fake_variant_store, tmp_path):
     assert (table.n_scg + excluded == table.n_images).all()
     excluded = table[[c for c in table if c.startswith("ccg_excluded")]].sum(axis=1)
     assert (table.n_ccg + excluded == table.n_images).all()
+    images = pd.read_parquet(paths.confidence_gain_images(config, "black", replicate=0))
+    subset = [val.ids[i] for i in select_images(8, 6, config["seed"])]
+    assert_images_agree_with_table(images, table, subset)
+
+
+def assert_images_agree_with_table(images, table, ids):
+    """The per-image SCG/CCG values (one row per image of the seeded subset, NaN = excluded)
+    of every single-method mask average to the summary table's means and counts."""
+    assert list(images.columns) == ["image_id", "subject", "metric", "value"]
+    single = table[table["kind"] == "single"]
+    subjects = {m if d == "0" else f"{m}@d{d}" for m, d in zip(single["mask"], single["dilation"])}
+    assert set(images["subject"]) == subjects  # the agreement masks have no per-image rows
+    for row in single.itertuples():
+        subject = row.mask if row.dilation == "0" else f"{row.mask}@d{row.dilation}"
+        for metric in ("scg", "ccg"):
+            values = images[(images["subject"] == subject)
+                            & (images["metric"] == f"{metric}_{row.kernel}_rho{row.rho:g}")]
+            assert sorted(values["image_id"]) == sorted(ids)
+            assert values["value"].count() == getattr(row, f"n_{metric}")
+            np.testing.assert_allclose(values["value"].mean(), getattr(row, f"{metric}_mean"),
+                                       rtol=1e-6)  # float32 values, float64 mean
 
 
 def test_stage_missing_maps_exits_1_naming_file_and_stage(make_config, fake_variant_store,
                                                           tmp_path, capsys):
     config, config_file = stage_config(make_config, tmp_path)
     fake_variant_store(config, "black", {"val": 4})
-    save_model(paths.model_weights(config, "black"), build_model(4), {"num_classes": 4})
-    assert run_workflow_script("confidence_gain", ["--config", config_file, "--variant", "black"]) == 1
+    save_model(paths.model_weights(config, "black", replicate=0), build_model(4),
+               {"num_classes": 4})
+    argv = ["--config", config_file, "--variant", "black", "--replicate", "0"]
+    assert run_workflow_script("confidence_gain", argv) == 1
     err = capsys.readouterr().err
-    assert str(paths.attribution_map(config, "black", "gradient", "val")) in err
+    assert str(paths.attribution_map(config, "black", "gradient", "val", replicate=0)) in err
     assert "attribute stage" in err and "Traceback" not in err
-    assert not paths.metrics_dir(config, "black").exists()  # nothing, not even a temp file
+    assert not paths.metrics_dir(config, "black", replicate=0).exists()  # not even a temp file

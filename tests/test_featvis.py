@@ -118,8 +118,9 @@ def test_stage_writes_all_outputs(make_config, fake_variant_store, save_untraine
     config = make_config({"resolution": 16, "featvis": {"steps": 1, "top_images": 2}})
     fake_variant_store(config, "black", {"val": 3}, size=16, num_classes=3)
     save_untrained_model(config, "black", num_classes=3)
-    assert run_workflow_script("featvis", ["--config", write_config(config), "--variant", "black"]) == 0
-    out = paths.featvis_dir(config, "black")
+    assert run_workflow_script("featvis", ["--config", write_config(config), "--variant", "black",
+                                          "--replicate", "0"]) == 0
+    out = paths.featvis_dir(config, "black", replicate=0)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["class_0_class0.png", "class_1_class1.png", "class_2_class2.png",
                      "featvis.npy", "summary.json", "top_images.png"]
@@ -133,7 +134,8 @@ def test_stage_writes_all_outputs(make_config, fake_variant_store, save_untraine
 def test_stage_missing_model_is_a_clear_error(make_config, fake_variant_store, capsys):
     config = make_config({"resolution": 16})
     fake_variant_store(config, "noise", {"val": 4}, size=16)
-    assert run_workflow_script("featvis", ["--config", write_config(config), "--variant", "noise"]) == 1
+    assert run_workflow_script("featvis", ["--config", write_config(config), "--variant", "noise",
+                                          "--replicate", "0"]) == 1
     err = capsys.readouterr().err
-    assert str(paths.model_weights(config, "noise")) in err and "train stage" in err
-    assert not paths.featvis_dir(config, "noise").exists()
+    assert str(paths.model_weights(config, "noise", replicate=0)) in err and "train stage" in err
+    assert not paths.featvis_dir(config, "noise", replicate=0).exists()

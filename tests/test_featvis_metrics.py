@@ -67,16 +67,20 @@ def test_recognisability_rejects_class_count_mismatch():
 
 
 def stage_config(make_config, tmp_path) -> tuple[dict, str]:
-    config = make_config({"variants": ["standard", "black"], "resolution": 32})
+    config = make_config({"variants": ["standard", "black"], "resolution": 32, "replicates": 2})
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     return config, str(config_file)
 
 
 def write_models(config, names):
+    """Every replicate of every variant in ``names``; one reference model (replicate 0)."""
     torch.manual_seed(0)
     for name in names:
-        save_model(paths.model_weights(config, name), build_model(4), {"num_classes": 4})
+        replicates = 1 if name == paths.REFERENCE_MODEL else config["replicates"]
+        for replicate in range(replicates):
+            save_model(paths.model_weights(config, name, replicate=replicate), build_model(4),
+                       {"num_classes": 4})
 
 
 def test_stage_writes_recognisability_and_hf_rows(make_config, fake_variant_store, tmp_path):
@@ -85,18 +89,22 @@ def test_stage_writes_recognisability_and_hf_rows(make_config, fake_variant_stor
     write_models(config, ["standard", "black", paths.REFERENCE_MODEL])
     rng = np.random.default_rng(0)
     for variant in ("standard", "black"):
-        path = paths.featvis_dir(config, variant) / FEATVIS_ARRAY
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, rng.random((4, 3, 32, 32)).astype(np.float16))
+        for replicate in range(2):
+            path = paths.featvis_dir(config, variant, replicate=replicate) / FEATVIS_ARRAY
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, rng.random((4, 3, 32, 32)).astype(np.float16))
     assert run_workflow_script("featvis_metrics", ["--config", config_file]) == 0
     table = pd.read_csv(paths.featvis_metrics_table(config), keep_default_na=False)
     recognised = table[table.metric == "recognised"]
-    assert len(recognised) == 2 * 3  # 2 variants x 3 judges (2 variants + reference)
+    # 2 variants x 3 judges (2 variants + reference) x 2 replicates
+    assert len(recognised) == 2 * 3 * 2
     assert set(recognised.judge) == {"standard", "black", paths.REFERENCE_MODEL}
+    assert sorted(recognised.replicate.value_counts().items()) == [(0, 6), (1, 6)]
     assert recognised["mean"].between(0, 1).all() and (recognised.n == 4).all()
-    hf = table[table.metric == "hf_share"].set_index("variant")
-    assert set(hf.index) == {"standard", "black", "val_images"}
-    assert hf.loc["standard", "mean"] > 0.5  # white noise: 1 - pi/16 of the band is above 0.25
+    hf = table[table.metric == "hf_share"].set_index(["variant", "replicate"])
+    assert set(hf.index) == {("standard", 0), ("standard", 1), ("black", 0), ("black", 1),
+                             ("val_images", 0)}
+    assert hf.loc[("standard", 0), "mean"] > 0.5  # white noise: 1 - pi/16 of the band is above 0.25
 
 
 def test_stage_missing_featvis_exits_1_naming_file(make_config, fake_variant_store, tmp_path, capsys):
@@ -105,7 +113,8 @@ def test_stage_missing_featvis_exits_1_naming_file(make_config, fake_variant_sto
     write_models(config, ["standard", "black", paths.REFERENCE_MODEL])
     assert run_workflow_script("featvis_metrics", ["--config", config_file]) == 1
     err = capsys.readouterr().err
-    assert str(paths.featvis_dir(config, "standard") / FEATVIS_ARRAY) in err and "featvis stage" in err
+    assert str(paths.featvis_dir(config, "standard", replicate=0) / FEATVIS_ARRAY) in err
+    assert "featvis stage" in err
     assert not paths.featvis_metrics_table(config).exists()
 
 
@@ -116,6 +125,7 @@ def test_train_reference_uses_standard_store_and_seed_plus_one(make_config, fake
     fake_variant_store(config, "standard", {"train": 8, "val": 4, "val_matched": 4}, size=16)
     metrics = run_train_reference(config)
     assert metrics["seed"] == named_seed(config, "standard") + 1
-    _, meta = load_model(paths.model_weights(config, paths.REFERENCE_MODEL))
+    _, meta = load_model(paths.model_weights(config, paths.REFERENCE_MODEL, replicate=0))
     assert meta["variant"] == paths.REFERENCE_MODEL and meta["num_classes"] == 4
-    assert read_json(paths.model_metrics(config, paths.REFERENCE_MODEL))["num_val_images"] == 4
+    metrics_file = paths.model_metrics(config, paths.REFERENCE_MODEL, replicate=0)
+    assert read_json(metrics_file)["num_val_images"] == 4

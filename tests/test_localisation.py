@@ -18,7 +18,7 @@ from xaipipe.errors import ConfigError
 from xaipipe.evaluate.localisation import (
     CENTER, CHANCE, MAJORITY, MODEL, POINTING_VARIANTS, Pointing, center_maps, class_means,
     energy_in_mask, hit_region, localisation_rows, pointing_game, pointing_settings,
-    pointing_tolerance, reliance_rows, run_untrained_localisation)
+    pointing_tolerance, reliance_correct, reliance_rows, run_untrained_localisation)
 from xaipipe.evaluate.removal import tie_orders
 from xaipipe.explain.oracle import oracle_maps
 from xaipipe.models import build_model, save_model
@@ -243,7 +243,11 @@ def test_background_reliance_on_hand_made_model():
     masks[:, :1] = 1  # foreground = top row (25 %), background 75 %
     split = Split(images=images, masks=masks, labels=np.array([1, 1, 0][:2]),
                   meta={"class_names": ["dark", "bright", "other"]})
-    table = pd.DataFrame(reliance_rows("standard", MeanBrightness(), split, torch.device("cpu"), 8))
+    correct = reliance_correct(MeanBrightness(), split, torch.device("cpu"), 8)
+    assert {k: v.tolist() for k, v in correct.items()} == {
+        "accuracy_full": [True, True], "accuracy_fg_only": [False, False],
+        "accuracy_bg_only": [True, True]}
+    table = pd.DataFrame(reliance_rows("standard", correct, split))
     model = table[table.subject == MODEL]
     means = dict(zip(model.metric, model["mean"]))
     # full image bright -> 1; foreground only: mean 0.25 -> class 0; background only: 0.75 -> 1
@@ -256,7 +260,8 @@ def test_background_reliance_on_hand_made_model():
     # default imputation fills it from the bright background -> mean 1 -> class 1 (right)
     masks[:, :3] = 1
     for fill, expected in (("black", 0.0), ("impute", 1.0)):
-        rows = reliance_rows("standard", MeanBrightness(), split, torch.device("cpu"), 8, fill)
+        correct = reliance_correct(MeanBrightness(), split, torch.device("cpu"), 8, fill)
+        rows = reliance_rows("standard", correct, split)
         assert {r["metric"]: r["mean"] for r in rows if r["subject"] == MODEL}[
             "accuracy_bg_only"] == expected
 
@@ -271,13 +276,16 @@ def stage_config(make_config, tmp_path) -> tuple[dict, str]:
 def test_stage_writes_table(make_config, fake_variant_store, tmp_path):
     config, config_file = stage_config(make_config, tmp_path)
     val = fake_variant_store(config, "noise", {"val": 6})["val"]
-    save_model(paths.model_weights(config, "noise"), build_model(4), {"num_classes": 4})
+    save_model(paths.model_weights(config, "noise", replicate=0), build_model(4),
+               {"num_classes": 4})
     for method, maps in (("gradient", val.masks), ("random", np.ones_like(val.masks))):
-        path = paths.attribution_map(config, "noise", method, "val")
+        path = paths.attribution_map(config, "noise", method, "val", replicate=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, maps.astype(np.float16))
-    assert run_workflow_script("localisation", ["--config", config_file, "--variant", "noise"]) == 0
-    table = pd.read_csv(paths.localisation_table(config, "noise")).set_index(["subject", "metric"])
+    argv = ["--config", config_file, "--variant", "noise", "--replicate", "0"]
+    assert run_workflow_script("localisation", argv) == 0
+    table = pd.read_csv(paths.localisation_table(config, "noise", replicate=0)).set_index(
+        ["subject", "metric"])
     assert table.loc[("gradient", "energy_in_mask"), "mean"] == pytest.approx(1.0)
     assert table.loc[("random", "energy_in_mask"), "mean"] == pytest.approx(
         table.loc[(CHANCE, "energy_in_mask"), "mean"], rel=1e-4)
@@ -286,19 +294,38 @@ def test_stage_writes_table(make_config, fake_variant_store, tmp_path):
     assert table.loc[("gradient", "pointing_game_torchray"), "mean"] == pytest.approx(1.0)
     assert table.loc[("gradient", "pointing_game_torchray"), "n"] == 4
     assert 0 <= table.loc[(CENTER, "pointing_game_torchray"), "mean"] <= 1
+    images = pd.read_parquet(paths.localisation_images(config, "noise", replicate=0))
+    assert_images_agree_with_table(images, table, val.ids, ["gradient", "random"])
+
+
+def assert_images_agree_with_table(images, table, ids, methods):
+    """The per-image table holds every image's energy in mask and strict pointing game per
+    method and the model's full / fg-only / bg-only correctness, which average (NaN =
+    excluded) to the summary table's rows."""
+    assert list(images.columns) == ["image_id", "subject", "metric", "value"]
+    expected = {(m, k) for m in methods for k in ("energy_in_mask", "pointing_game")}
+    expected |= {(MODEL, f"accuracy_{k}") for k in ("full", "fg_only", "bg_only")}
+    assert set(zip(images["subject"], images["metric"])) == expected
+    for (subject, metric), group in images.groupby(["subject", "metric"]):
+        assert list(group["image_id"]) == list(ids)
+        row = table.loc[(subject, metric)]
+        assert group["value"].count() == row["n"]
+        assert group["value"].isna().sum() == row["excluded"]
+        assert group["value"].mean() == pytest.approx(row["mean"], rel=1e-6)  # float32 mean
 
 
 def test_stage_missing_model_exits_1_without_output(make_config, fake_variant_store, tmp_path, capsys):
     config, config_file = stage_config(make_config, tmp_path)
     val = fake_variant_store(config, "noise", {"val": 3})["val"]
     for method in ("gradient", "random"):
-        path = paths.attribution_map(config, "noise", method, "val")
+        path = paths.attribution_map(config, "noise", method, "val", replicate=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.zeros(val.masks.shape, np.float16))
-    assert run_workflow_script("localisation", ["--config", config_file, "--variant", "noise"]) == 1
+    argv = ["--config", config_file, "--variant", "noise", "--replicate", "0"]
+    assert run_workflow_script("localisation", argv) == 1
     err = capsys.readouterr().err
-    assert str(paths.model_weights(config, "noise")) in err and "train stage" in err
-    assert not paths.metrics_dir(config, "noise").exists()
+    assert str(paths.model_weights(config, "noise", replicate=0)) in err and "train stage" in err
+    assert not paths.metrics_dir(config, "noise", replicate=0).exists()
 
 
 def test_untrained_stage_scores_an_untrained_models_maps(make_config, fake_variant_store,

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from conftest import REPO, fake_split, run_workflow_script
-from xaipipe import registry
+from xaipipe import paths, registry
 from xaipipe.config import deep_merge, load_config, validate_config
 from xaipipe.data.variants import apply_variant
 from xaipipe.errors import ConfigError
@@ -95,6 +95,21 @@ def test_stage_scripts_reject_unregistered_names_after_loading_the_config(make_c
                                                                           capsys):
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(make_config()))
-    assert run_workflow_script("train", ["--config", str(config_file), "--variant", "sepia"]) == 1
+    argv = ["--config", str(config_file), "--variant", "sepia", "--replicate", "0"]
+    assert run_workflow_script("train", argv) == 1
     err = capsys.readouterr().err
     assert "--variant 'sepia' is not registered" in err and "plugins.variants" in err
+
+
+@pytest.mark.parametrize("replicate", [2, -1])
+def test_stage_scripts_reject_a_replicate_outside_the_config(make_config, tmp_path, capsys,
+                                                            replicate):
+    config = make_config({"replicates": 2})
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    argv = ["--config", str(config_file), "--variant", "black", "--replicate", str(replicate)]
+    assert run_workflow_script("train", argv) == 1
+    err = capsys.readouterr().err
+    assert f"--replicate {replicate} is not one of the configured replicates 0 .. 1" in err
+    assert "config key replicates" in err and "Traceback" not in err
+    assert not paths.model_dir(config, "black", replicate=replicate).exists()

@@ -11,7 +11,7 @@ from xaipipe.errors import ConfigError
 from xaipipe.evaluate import road_solver
 from xaipipe.evaluate.road import (ROAD_SOLVERS, add_noise, batch_linear_imputation,
                                    linear_imputation, noisy_linear_imputation, run_road)
-from xaipipe.io import read_json, save_npy
+from xaipipe.io import read_json, save_npy, unbits
 from xaipipe.models import build_model, save_model
 
 IMAGE = np.array([[1, 2, 4], [8, 0, 16], [32, 64, 128]], dtype=float)[None]
@@ -156,10 +156,12 @@ def test_everything_removed_is_a_clear_error(solver):
 def road_config(make_config, fake_variant_store, tmp_path):
     config = make_config({"device": "cpu", "roar": {"fractions": [0.25, 0.5]}})
     fake_variant_store(config, splits={"val": 5, "val_matched": 6}, size=16)
-    save_model(paths.model_weights(config, "standard"), build_model(4), {"num_classes": 4})
+    save_model(paths.model_weights(config, "standard", replicate=0), build_model(4),
+               {"num_classes": 4})
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    return config, ["--config", str(config_file), "--variant", "standard", "--method", "gradcam"]
+    return config, ["--config", str(config_file), "--variant", "standard", "--method", "gradcam",
+                    "--replicate", "0"]
 
 
 def test_road_stage_writes_morf_and_lerf_curves_on_the_matched_val_split(road_config):
@@ -167,22 +169,25 @@ def test_road_stage_writes_morf_and_lerf_curves_on_the_matched_val_split(road_co
     like its training images, so only the removal differs (here 6 images vs val's 5)."""
     config, argv = road_config
     maps = np.random.default_rng(0).random((6, 16, 16)).astype(np.float32)
-    save_npy(paths.attribution_map(config, "standard", "gradcam", "val_matched"), maps)
+    save_npy(paths.attribution_map(config, "standard", "gradcam", "val_matched", replicate=0), maps)
     assert run_workflow_script("road", argv) == 0
-    result = read_json(paths.road_result(config, "standard", "gradcam"))
+    result = read_json(paths.road_result(config, "standard", "gradcam", replicate=0))
     points = [(row["order"], row["fraction"], row["pixels_removed"]) for row in result["curves"]]
     assert points == [("morf", 0.25, 64), ("morf", 0.5, 128), ("lerf", 0.25, 64), ("lerf", 0.5, 128)]
     assert all(0 <= row["accuracy"] <= 1 for row in result["curves"])
     assert result["n_images"] == 6 and result["noise_std"] == 0.01
-    assert result["split"] == "val_matched"
+    assert result["split"] == "val_matched" and result["replicate"] == 0
+    for row in result["curves"]:  # the per-image hits behind each accuracy
+        hits = unbits(row["correct"])
+        assert len(hits) == 6 and hits.mean() == pytest.approx(row["accuracy"])
 
 
 def test_road_eval_split_val_reads_the_unmodified_val_split(road_config):
     config, _ = road_config
     config["roar"]["eval_split"] = "val"
-    save_npy(paths.attribution_map(config, "standard", "gradcam", "val"),
+    save_npy(paths.attribution_map(config, "standard", "gradcam", "val", replicate=0),
              np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
-    result = run_road(config, "standard", "gradcam", torch.device("cpu"))
+    result = run_road(config, "standard", "gradcam", torch.device("cpu"), replicate=0)
     assert result["split"] == "val" and result["n_images"] == 5
 
 
@@ -190,12 +195,12 @@ def test_road_iterative_and_exact_solvers_give_the_same_curves(road_config):
     """The solver is a speed choice: both give the same accuracies (at most one of the 6
     images may flip on a near-tie logit) and the result names the solver."""
     config, _ = road_config
-    save_npy(paths.attribution_map(config, "standard", "gradcam", "val_matched"),
+    save_npy(paths.attribution_map(config, "standard", "gradcam", "val_matched", replicate=0),
              np.random.default_rng(0).random((6, 16, 16)).astype(np.float32))
     results = {}
     for solver in ROAD_SOLVERS:
         config["roar"]["road_solver"] = solver
-        results[solver] = run_road(config, "standard", "gradcam", torch.device("cpu"))
+        results[solver] = run_road(config, "standard", "gradcam", torch.device("cpu"), replicate=0)
         assert results[solver]["solver"] == solver
     for iterative, exact in zip(results["iterative"]["curves"], results["exact"]["curves"]):
         assert abs(iterative["accuracy"] - exact["accuracy"]) <= 1 / 6
@@ -206,5 +211,5 @@ def test_road_stage_missing_maps_exit_1_without_output(road_config, capsys):
     assert run_workflow_script("road", argv) == 1
     err = capsys.readouterr().err
     assert "error: attribution maps" in err and "gradcam_val_matched.npy do not exist" in err
-    assert not paths.road_result(config, "standard", "gradcam").exists()
+    assert not paths.road_result(config, "standard", "gradcam", replicate=0).exists()
     assert not list((paths.results(config) / "evaluate").rglob("*"))

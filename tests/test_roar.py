@@ -15,7 +15,9 @@ from xaipipe.evaluate.roar_summary import (accuracy_table, mean_gap, ranking_agr
                                            road_scores, roar_scores, roar_verdicts,
                                            verdict_text)
 from xaipipe.data.store import write_split
-from xaipipe.io import read_json, save_npy, write_json
+from xaipipe.errors import ConfigError, DataError
+from xaipipe.io import read_json, save_npy, unbits, write_json
+from xaipipe.pipeline import check_grid
 
 # --- aggregation on a hand-made table ---------------------------------------------------
 
@@ -66,21 +68,41 @@ def test_report_verdicts_name_the_variant_and_skip_the_baseline():
     assert lines == ["standard: gradcam beats random by 0.200 ± 0.141 over 2 seeds (ROAR)"]
 
 
+def _road_curves(replicate, morfs):
+    """ROAD curve rows of one model: flat MoRF accuracies per method, LeRF 0.9."""
+    return [{"variant": "standard", "method": m, "replicate": replicate, "order": o,
+             "fraction": f, "accuracy": a}
+            for m, morf in morfs for o, a0 in (("morf", morf), ("lerf", 0.9))
+            for f, a in ((0.2, a0), (0.6, a0))]
+
+
 def test_road_scores_and_ranking_agreement():
-    road = pd.DataFrame([{"variant": "standard", "method": m, "order": o, "fraction": f,
-                          "accuracy": a}
-                         for m, morf in (("random", 0.8), ("gradcam", 0.2), ("gradient", 0.5))
-                         for o, a0 in (("morf", morf), ("lerf", 0.9))
-                         for f, a in ((0.2, a0), (0.6, a0))])
+    road = pd.DataFrame(_road_curves(0, (("random", 0.8), ("gradcam", 0.2), ("gradient", 0.5))))
     road_score = road_scores(road).set_index("method")
     assert road_score.loc["gradcam", "score"] == pytest.approx(0.6)
     assert road_score.loc["gradient", "mean_accuracy_lerf"] == pytest.approx(0.9)
+    assert (road_score["n_models"] == 1).all() and road_score["score_std"].isna().all()
     roar = pd.DataFrame({"kind": "roar", "variant": "standard",
                          "method": ["random", "gradcam", "gradient"], "mean": [0.0, 0.3, 0.1]})
     agreement = ranking_agreement(roar, road_score.reset_index())
     assert agreement.loc[0, "spearman"] == pytest.approx(1.0) and agreement.loc[0, "n_methods"] == 3
     roar["mean"] = [0.0, -0.3, -0.1]
     assert ranking_agreement(roar, road_score.reset_index()).loc[0, "spearman"] == pytest.approx(-1.0)
+
+
+def test_road_scores_average_over_replicate_models():
+    # replicate 0: gradcam 0.8 - 0.2 = 0.6; replicate 1: 0.7 - 0.5 = 0.2 -> mean 0.4, std
+    # sqrt(0.08); each replicate paired with its own random curve
+    road = pd.DataFrame(_road_curves(0, (("random", 0.8), ("gradcam", 0.2)))
+                        + _road_curves(1, (("random", 0.7), ("gradcam", 0.5))))
+    scores = road_scores(road)
+    assert list(scores.columns) == ["variant", "method", "score", "mean_accuracy_lerf",
+                                    "mean_accuracy_morf", "score_std", "n_models"]
+    gradcam = scores.set_index("method").loc["gradcam"]
+    assert gradcam["score"] == pytest.approx(0.4)
+    assert gradcam["score_std"] == pytest.approx(math.sqrt(0.08))
+    assert gradcam["mean_accuracy_morf"] == pytest.approx(0.35) and gradcam["n_models"] == 2
+    assert scores.set_index("method").loc["random", "score"] == 0
 
 
 # --- stage scripts ------------------------------------------------------------------------
@@ -99,10 +121,12 @@ def test_summary_stage_writes_every_table_and_curve(make_config, tmp_path):
         for (method, fraction, seed), acc in HAND.items():
             write_json(paths.roar_result(config, kind, "standard", method, fraction, seed),
                        {"accuracy": acc})
-    for method, morf in (("random", 0.8), ("gradcam", 0.2)):
-        write_json(paths.road_result(config, "standard", method), {"curves": [
-            {"order": o, "fraction": f, "accuracy": morf if o == "morf" else 0.9}
-            for o in ("morf", "lerf") for f in (0.2, 0.6)]})
+    for replicate in range(config["replicates"]):
+        for method, morf in (("random", 0.8), ("gradcam", 0.2)):
+            write_json(paths.road_result(config, "standard", method, replicate=replicate),
+                       {"curves": [{"order": o, "fraction": f,
+                                    "accuracy": morf if o == "morf" else 0.9}
+                                   for o in ("morf", "lerf") for f in (0.2, 0.6)]})
     assert run_workflow_script("roar_summary", ["--config", _config_file(config, tmp_path)]) == 0
     out = paths.roar_summary_dir(config)
     assert sorted(p.name for p in out.iterdir()) == [
@@ -147,9 +171,9 @@ def test_object_map_degrades_roar_faster_than_random(make_config, fake_variant_s
     stores = fake_variant_store(config, splits={"train": 48, "val_matched": 32}, size=32)
     rng = np.random.default_rng(0)
     for split, store in stores.items():
-        save_npy(paths.attribution_map(config, "standard", "mask", split),
+        save_npy(paths.attribution_map(config, "standard", "mask", split, replicate=0),
                  store.masks.astype(np.float16))
-        save_npy(paths.attribution_map(config, "standard", "random", split),
+        save_npy(paths.attribution_map(config, "standard", "random", split, replicate=0),
                  rng.random(store.masks.shape).astype(np.float16))
     result = {"mask": run_roar(config, "roar", "standard", "mask", 0.25, 0, torch.device("cpu"))}
     # the random baseline through the stage script, as Snakemake runs it
@@ -178,7 +202,7 @@ def test_retrained_model_is_tested_on_the_matched_split_by_default(
     write_split(paths.variant_split_dir(config, "standard", "val"), shifted)
     rng = np.random.default_rng(0)
     for split, n in (("train", 48), ("val_matched", 32), ("val", 32)):
-        save_npy(paths.attribution_map(config, "standard", "random", split),
+        save_npy(paths.attribution_map(config, "standard", "random", split, replicate=0),
                  rng.random((n, 32, 32)).astype(np.float32))
     matched = run_roar(config, "roar", "standard", "random", 0.1, 0, torch.device("cpu"))
     assert matched["eval_split"] == "val_matched" and matched["accuracy"] >= 0.6
@@ -187,12 +211,40 @@ def test_retrained_model_is_tested_on_the_matched_split_by_default(
     assert unmodified["eval_split"] == "val" and unmodified["accuracy"] <= 0.3
 
 
+def test_roar_seed_s_removes_by_the_maps_of_replicate_s(make_config, fake_variant_store,
+                                                         one_torch_thread):
+    """Seed s retrains on the maps of replicate s (the ROAR grid does not grow with
+    replicates): with only replicate 1's maps on disk, seed 1 runs and seed 0 names
+    replicate 0's missing file. The result keeps the per-image hits behind its accuracy."""
+    config = make_config({"device": "cpu", "roar": {"epochs": 1}, "train": {"batch_size": 8}})
+    stores = fake_variant_store(config, splits={"train": 8, "val_matched": 8}, size=16)
+    rng = np.random.default_rng(0)
+    for split, store in stores.items():
+        save_npy(paths.attribution_map(config, "standard", "random", split, replicate=1),
+                 rng.random(store.masks.shape).astype(np.float32))
+    result = run_roar(config, "roar", "standard", "random", 0.5, 1, torch.device("cpu"))
+    assert result["maps_replicate"] == 1 and result["train_seed"] == config["seed"] + 1
+    hits = unbits(result["correct"])
+    assert len(hits) == 8 and hits.mean() == pytest.approx(result["accuracy"])
+    missing = paths.attribution_map(config, "standard", "random", "train", replicate=0)
+    with pytest.raises(DataError, match=str(missing)):
+        run_roar(config, "roar", "standard", "random", 0.5, 0, torch.device("cpu"))
+
+
+def test_check_grid_needs_a_replicate_per_roar_seed(make_config):
+    check_grid(make_config({"replicates": 2, "roar": {"seeds": 2}}))
+    with pytest.raises(ConfigError,
+                       match=r"roar\.seeds is 3 but replicates is 2.*lower roar\.seeds"):
+        check_grid(make_config({"replicates": 2, "roar": {"seeds": 3}}))
+
+
 @pytest.mark.slow
 def test_gradient_maps_of_a_black_model_beat_random_on_the_synthetic_world(
         make_config, one_torch_thread):
     """The whole chain on the demo's synthetic data (256 train images, 40 px), in-process:
-    generate, index, the black variant, train, gradient + random maps, ROAR at 70 % with two
-    retraining seeds. Black-background training makes gradient maps point at the object
+    generate, index, the black variant, two replicate models, their gradient + random maps,
+    ROAR at 70 % with two retraining seeds (seed s on replicate s's maps). Black-background
+    training makes gradient maps point at the object
     (the demo's energy in mask: black 0.42 vs standard 0.38, chance 0.31), so removing their
     top pixels must hurt the retrained model more than removing random ones, by the report's
     criterion (score mean - seed std > 0). Measured over data seeds 0-3: score 0.23-0.44."""
@@ -207,9 +259,10 @@ def test_gradient_maps_of_a_black_model_beat_random_on_the_synthetic_world(
     make_synthetic(config)
     write_index(config)
     materialise_variants(config, ["black"])
-    run_train_stage(config, "black")
-    for method in ("gradient", "random"):
-        run_attribute_stage(config, "black", method)
+    for replicate in (0, 1):  # ROAR seed s removes by the maps of replicate s
+        run_train_stage(config, "black", replicate)
+        for method in ("gradient", "random"):
+            run_attribute_stage(config, "black", method, replicate=replicate)
     runs = pd.DataFrame([
         {"kind": "roar", "variant": "black", "method": method, "fraction": 0.7, "seed": seed,
          "accuracy": run_roar(config, "roar", "black", method, 0.7, seed,

@@ -81,9 +81,11 @@ def test_sanity_stage_outputs(make_config, fake_variant_store):
                           "train": {"epochs": 1, "batch_size": 8}})
     fake_variant_store(config, "black", {"train": 8, "val": 4})
     torch.manual_seed(0)
-    save_model(paths.model_weights(config, "black"), build_model(4), {"num_classes": 4})
-    assert run_workflow_script("sanity", ["--config", *_config_files(config), "--variant", "black"]) == 0
-    out = paths.sanity_dir(config, "black")
+    save_model(paths.model_weights(config, "black", replicate=0), build_model(4),
+               {"num_classes": 4})
+    argv = ["--config", *_config_files(config), "--variant", "black", "--replicate", "0"]
+    assert run_workflow_script("sanity", argv) == 0
+    out = paths.sanity_dir(config, "black", replicate=0)
     table = pd.read_csv(out / "sanity.csv")
     assert len(table) == 2 * (1 + len(CASCADE)) + 2
     data = table[table["test"] == "data"]
@@ -115,12 +117,14 @@ def test_data_randomisation_is_meaningful_once_the_model_fits_its_labels():
 def test_sanity_stage_missing_store_is_a_clear_error(make_config, capsys):
     config = make_config()
     torch.manual_seed(0)
-    save_model(paths.model_weights(config, "noise"), build_model(4), {"num_classes": 4})
-    assert run_workflow_script("sanity", ["--config", *_config_files(config), "--variant", "noise"]) == 1
+    save_model(paths.model_weights(config, "noise", replicate=0), build_model(4),
+               {"num_classes": 4})
+    argv = ["--config", *_config_files(config), "--variant", "noise", "--replicate", "0"]
+    assert run_workflow_script("sanity", argv) == 1
     err = capsys.readouterr().err
     assert "tensor store" in err and "variant stage" in err
-    assert not paths.sanity_dir(config, "noise").exists()
-    assert not any(paths.sanity_dir(config, "noise").parent.glob(".sanity*"))
+    assert not paths.sanity_dir(config, "noise", replicate=0).exists()
+    assert not any(paths.sanity_dir(config, "noise", replicate=0).parent.glob(".sanity*"))
 
 
 def _config_files(config):

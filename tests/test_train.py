@@ -20,6 +20,7 @@ from xaipipe.data.store import Split, read_split
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.io import read_json
 from xaipipe.models import load_model
+from xaipipe.seeds import model_seed
 from xaipipe.train import (FAIL_AFTER_EPOCH_ENV, SimulatedKill, accuracy, initial_model,
                            lr_factor, predict, recalibrate_batchnorm, spread_indices,
                            train_classifier)
@@ -336,23 +337,24 @@ def _stage_config(make_config):
 def test_stage_writes_model_metrics_history_and_curve(make_config, fake_variant_store):
     config = _stage_config(make_config)
     fake_variant_store(config, "black", {"train": 32, "val": 16, "val_matched": 16})
-    metrics = run_train_stage(config, "black")
+    metrics = run_train_stage(config, "black", 0)
     for key in ("train_accuracy", "val_accuracy", "val_matched_accuracy",
                 "fg_only_val_accuracy", "bg_only_val_accuracy"):
         assert 0 <= metrics[key] <= 1
     assert metrics["loss"] > 0 and metrics["chance_accuracy"] == 0.25 and metrics["epochs"] == 1
-    assert read_json(paths.model_metrics(config, "black")) == metrics
-    model, meta = load_model(paths.model_weights(config, "black"))
+    assert read_json(paths.model_metrics(config, "black", replicate=0)) == metrics
+    model, meta = load_model(paths.model_weights(config, "black", replicate=0))
     assert meta["variant"] == "black" and meta["class_names"][0] == "class0" and meta["resolution"] == 32
-    history = paths.model_history(config, "black").read_text().splitlines()
+    assert meta["replicate"] == 0 and metrics["replicate"] == 0
+    history = paths.model_history(config, "black", replicate=0).read_text().splitlines()
     assert len(history) == 2 and "val_matched_acc" in history[0]
-    assert paths.model_curve(config, "black").read_bytes()[:4] == b"\x89PNG"
-    assert not (paths.checkpoint_dir(config, "black") / checkpoint.CHECKPOINT_FILE).exists()
+    assert paths.model_curve(config, "black", replicate=0).read_bytes()[:4] == b"\x89PNG"
+    assert not (paths.checkpoint_dir(config, "black/rep0") / checkpoint.CHECKPOINT_FILE).exists()
     # the val split's majority-class rate beside chance; the predictions behind val accuracy
     val = read_split(paths.variant_split_dir(config, "black", "val"))
     assert metrics["majority_accuracy"] == pytest.approx(
         np.bincount(val.labels).max() / len(val.labels))
-    predictions = np.load(paths.model_predictions(config, "black"))
+    predictions = np.load(paths.model_predictions(config, "black", replicate=0))
     assert predictions.dtype == np.int64 and predictions.shape == (16,)
     assert (predictions == val.labels).mean() == pytest.approx(metrics["val_accuracy"])
 
@@ -361,8 +363,28 @@ def test_stage_script_missing_store_exits_1_naming_the_path(make_config, tmp_pat
     config = _stage_config(make_config)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    assert run_workflow_script("train", ["--config", str(config_file), "--variant", "noise"]) == 1
+    argv = ["--config", str(config_file), "--variant", "noise", "--replicate", "0"]
+    assert run_workflow_script("train", argv) == 1
     stderr = capsys.readouterr().err
     assert str(paths.variant_split_dir(config, "noise", "train")) in stderr
     assert "rerun the variant stage" in stderr and "Traceback" not in stderr
-    assert not paths.model_dir(config, "noise").exists()
+    assert not paths.model_dir(config, "noise", replicate=0).exists()
+
+
+def test_replicates_are_independently_seeded_models(make_config, fake_variant_store):
+    """Two replicates of a variant: the same store, their own seed (model_seed), their own
+    directory, different weights."""
+    config = _stage_config(make_config)
+    fake_variant_store(config, "black", {"train": 16, "val": 8, "val_matched": 8})
+    seeds = [run_train_stage(config, "black", replicate)["seed"] for replicate in (0, 1)]
+    assert seeds == [model_seed(config, "black", 0), model_seed(config, "black", 1)]
+    assert seeds[0] != seeds[1]
+    states = []
+    for replicate in (0, 1):
+        model, meta = load_model(paths.model_weights(config, "black", replicate=replicate))
+        assert meta["replicate"] == replicate and meta["seed"] == seeds[replicate]
+        assert read_json(paths.model_metrics(config, "black", replicate=replicate))["seed"] == \
+            seeds[replicate]
+        states.append(model.state_dict())
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0]
+               if states[0][k].is_floating_point())

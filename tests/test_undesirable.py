@@ -166,12 +166,14 @@ def test_stage_writes_results_csv_masks_and_figure(make_config, fake_variant_sto
     config = make_config({"resolution": 16, "undesirable": settings(iterations=1, blur_kernel=3, num_images=2)})
     fake_variant_store(config, "mixed", {"val": 3}, size=16, num_classes=3)
     save_untrained_model(config, "mixed", num_classes=3)
-    assert run_workflow_script("undesirable", ["--config", write_config(config), "--variant", "mixed"]) == 0
-    out = paths.undesirable_dir(config, "mixed")
+    argv = ["--config", write_config(config), "--variant", "mixed", "--replicate", "0"]
+    assert run_workflow_script("undesirable", argv) == 0
+    out = paths.undesirable_dir(config, "mixed", replicate=0)
     assert sorted(p.name for p in out.iterdir()) == ["examples.png", "masks_fntc.npy", "masks_ftc.npy",
                                                       "per_image.csv", "results.json"]
     results = json.loads((out / "results.json").read_text())
     assert results["num_images"] == 2 and set(results["methods"]) == {"ftc", "fntc"}
+    assert results["replicate"] == 0
     table = pd.read_csv(out / "per_image.csv")
     assert len(table) == 4 and (table["target"] == table["label"]).all()
     for method, rows in table.groupby("method"):
@@ -192,18 +194,19 @@ def test_phi_targets_the_top_predicted_class_by_default(make_config, fake_varian
     config["undesirable"].update(options)
     fake_variant_store(config, "mixed", {"val": 3}, size=16, num_classes=3)
     save_untrained_model(config, "mixed", num_classes=3)
-    assert run_workflow_script("undesirable", ["--config", write_config(config), "--variant", "mixed"]) == 0
-    table = pd.read_csv(paths.undesirable_dir(config, "mixed") / "per_image.csv")
+    argv = ["--config", write_config(config), "--variant", "mixed", "--replicate", "0"]
+    assert run_workflow_script("undesirable", argv) == 0
+    table = pd.read_csv(paths.undesirable_dir(config, "mixed", replicate=0) / "per_image.csv")
     assert (table["target"] == table["pred_before"]).all()
     assert (table["target"] != table["label"]).any()  # an untrained model: h is not the label
 
 
 def test_stage_missing_inputs_are_clear_errors(make_config, fake_variant_store, save_untrained_model, capsys):
     config = make_config({"resolution": 16})
-    config_file = write_config(config)
-    assert run_workflow_script("undesirable", ["--config", config_file, "--variant", "black"]) == 1
+    argv = ["--config", write_config(config), "--variant", "black", "--replicate", "0"]
+    assert run_workflow_script("undesirable", argv) == 1
     assert "train stage" in capsys.readouterr().err
     save_untrained_model(config, "black", num_classes=3)
-    assert run_workflow_script("undesirable", ["--config", config_file, "--variant", "black"]) == 1
+    assert run_workflow_script("undesirable", argv) == 1
     assert "rerun the variant stage" in capsys.readouterr().err
-    assert not paths.undesirable_dir(config, "black").exists()
+    assert not paths.undesirable_dir(config, "black", replicate=0).exists()

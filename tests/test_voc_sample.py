@@ -110,13 +110,13 @@ def test_one_epoch_training_and_an_attribution_on_real_files(voc_sample_stores):
     from xaipipe.train_stage import run_train_stage
 
     config = voc_sample_stores
-    metrics = run_train_stage(config, "black")
+    metrics = run_train_stage(config, "black", 0)
     assert metrics["epochs"] == 1 and metrics["num_classes"] == 20
     for key in ("train_accuracy", "val_accuracy", "fg_only_val_accuracy", "bg_only_val_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
-    run_attribute_stage(config, "black", "gradient")
+    run_attribute_stage(config, "black", "gradient", replicate=0)
     for split in config["explain"]["splits"]:
-        maps = np.load(paths.attribution_map(config, "black", "gradient", split))
+        maps = np.load(paths.attribution_map(config, "black", "gradient", split, replicate=0))
         store = read_split(paths.variant_split_dir(config, "black", split))
         assert maps.dtype == np.float32 and maps.shape == store.masks.shape
         assert np.isfinite(maps).all() and (maps >= 0).all() and maps.max() > 0

@@ -118,10 +118,11 @@ def test_failed_job_leaves_no_output_and_rerun_resumes(done, monkeypatch):
     assert failed.returncode != 0
     crashed = fake_runs(done)[-1]  # the fake wrote a partial output, then exited 1
     assert crashed.startswith("featvis variant=")
-    variant = crashed.split("=")[1]
-    assert not (done / "results" / "explain" / variant / "featvis").exists()
+    job = dict(word.split("=") for word in crashed.split()[1:])
+    featvis = done / "results" / "explain" / job["variant"] / f"rep{job['replicate']}" / "featvis"
+    assert not featvis.exists()
     monkeypatch.delenv("XAIPIPE_FAKE_FAIL")
     snakemake(["--cores", "1", *CI], done)
     resumed = [r.split()[0] for r in fake_runs(done)[before:]]
     assert set(resumed) == {"featvis", "featvis_metrics", "aggregate", "report"}
-    assert (done / "results" / "explain" / variant / "featvis" / "content.txt").is_file()
+    assert (featvis / "content.txt").is_file()

@@ -7,16 +7,18 @@ written to results/explain/<variant>/attributions/<method>_<split>.npy
 
 import sys
 
-from xaipipe.cli import add_method_argument, add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import (add_method_argument, add_replicate_argument, add_variant_argument,
+                         run_stage, stage_parser)
 from xaipipe.explain.attribution import run_attribute_stage
 
 
 def main(args, config):
-    run_attribute_stage(config, args.variant, args.method)
+    run_attribute_stage(config, args.variant, args.method, replicate=args.replicate)
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
     add_method_argument(parser)
+    add_replicate_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -7,15 +7,16 @@ variant on its val images: results/evaluate/metrics/<variant>/confidence_gain.cs
 
 import sys
 
-from xaipipe.cli import add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.evaluate.confidence_gain import run_confidence_gain
 
 
 def main(args, config):
-    run_confidence_gain(config, args.variant)
+    run_confidence_gain(config, args.variant, replicate=args.replicate)
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
+    add_replicate_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -7,15 +7,16 @@ results/evaluate/metrics/<variant>/localisation.csv (see xaipipe.evaluate.locali
 
 import sys
 
-from xaipipe.cli import add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.evaluate.localisation import run_localisation
 
 
 def main(args, config):
-    run_localisation(config, args.variant)
+    run_localisation(config, args.variant, replicate=args.replicate)
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
+    add_replicate_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -8,15 +8,16 @@ results/evaluate/metrics/<variant>/metric_validation.csv
 
 import sys
 
-from xaipipe.cli import add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.evaluate.metric_validation import run_metric_validation
 
 
 def main(args, config):
-    run_metric_validation(config, args.variant)
+    run_metric_validation(config, args.variant, replicate=args.replicate)
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
+    add_replicate_argument(parser)
     sys.exit(run_stage(main, parser))

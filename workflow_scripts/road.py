@@ -6,7 +6,8 @@ noisy linear imputation; no retraining. Writes ``paths.road_result(config, varia
 import sys
 
 from xaipipe import paths
-from xaipipe.cli import add_method_argument, add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import (add_method_argument, add_replicate_argument, add_variant_argument,
+                         run_stage, stage_parser)
 from xaipipe.device import claim_job_device
 from xaipipe.evaluate.road import run_road
 from xaipipe.io import write_json
@@ -14,14 +15,16 @@ from xaipipe.io import write_json
 
 def main(args, config):
     with claim_job_device(config) as device:
-        result = run_road(config, args.variant, args.method, device)
-    write_json(paths.road_result(config, args.variant, args.method), result)
+        result = run_road(config, args.variant, args.method, device, replicate=args.replicate)
+    write_json(paths.road_result(config, args.variant, args.method, replicate=args.replicate),
+               result)
 
 
 def build_parser():
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
     add_method_argument(parser)
+    add_replicate_argument(parser)
     return parser
 
 

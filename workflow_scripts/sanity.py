@@ -7,15 +7,16 @@ randomisation and the random-label model, into results/explain/<variant>/sanity/
 
 import sys
 
-from xaipipe.cli import add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.explain.sanity import run_sanity_stage
 
 
 def main(args, config):
-    run_sanity_stage(config, args.variant)
+    run_sanity_stage(config, args.variant, replicate=args.replicate)
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
+    add_replicate_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -6,15 +6,16 @@ under results/models/<variant>/ (see xaipipe.train_stage).
 
 import sys
 
-from xaipipe.cli import add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.train_stage import run_train_stage
 
 
 def main(args, config):
-    run_train_stage(config, args.variant)
+    run_train_stage(config, args.variant, replicate=args.replicate)
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
+    add_replicate_argument(parser)
     sys.exit(run_stage(main, parser))

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import sys
 
-from xaipipe.cli import add_variant_argument, run_stage, stage_parser
+from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser
 from xaipipe.explain.undesirable import run_undesirable_stage
 
 
 def build_parser():
     parser = stage_parser(__doc__)
     add_variant_argument(parser)
+    add_replicate_argument(parser)
     return parser
 
 
 def main(args, config) -> None:
-    run_undesirable_stage(config, args.variant)
+    run_undesirable_stage(config, args.variant, replicate=args.replicate)
 
 
 if __name__ == "__main__":

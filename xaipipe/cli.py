@@ -56,8 +56,21 @@ def add_method_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"attribution method: {builtins}, or a plugins.methods name")
 
 
+def add_replicate_argument(parser: argparse.ArgumentParser) -> None:
+    """``--replicate R``: which of the variant's independently seeded models (0 ..
+    ``replicates`` - 1)."""
+    parser.add_argument("--replicate", required=True, type=int, metavar="R",
+                        help="replicate index 0 .. replicates-1: one of the variant's "
+                             "independently seeded models")
+
+
 def check_registered(args: argparse.Namespace, config: dict) -> None:
-    """A :class:`ConfigError` when ``--variant`` / ``--method`` name nothing registered."""
+    """A :class:`ConfigError` when ``--variant`` / ``--method`` name nothing registered, or
+    ``--replicate`` is not one of the configured replicates."""
+    replicate = getattr(args, "replicate", None)
+    if replicate is not None and not 0 <= replicate < config["replicates"]:
+        raise ConfigError(f"--replicate {replicate} is not one of the configured replicates "
+                          f"0 .. {config['replicates'] - 1} (config key replicates)")
     for flag, known in (("variant", registry.variants(config)), ("method", registry.methods(config))):
         given = getattr(args, flag, None)
         for name in ([] if given is None else given if isinstance(given, list) else [given]):

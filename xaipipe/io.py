@@ -61,6 +61,16 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
             np.save(f, array)
 
 
+def bits(flags: np.ndarray) -> str:
+    """Per-image booleans as a compact JSON-friendly string of ``0``/``1`` (row order kept)."""
+    return "".join("1" if f else "0" for f in np.asarray(flags, dtype=bool).ravel())
+
+
+def unbits(text: str) -> np.ndarray:
+    """The booleans of :func:`bits`."""
+    return np.frombuffer(text.encode("ascii"), dtype=np.uint8) == ord("1")
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

@@ -31,23 +31,25 @@ INDEX_TABLE_T = "data/index.parquet"
 INDEX_LOG_T = "data/index_log.json"
 VARIANT_DIR_T = "data/variants/{variant}"
 VARIANT_SUMMARY_T = "data/variants/{variant}.json"
-MODEL_DIR_T = "models/{variant}"
+MODEL_DIR_T = "models/{variant}/rep{replicate}"
 MODEL_WEIGHTS_T = MODEL_DIR_T + "/model.pt"
 MODEL_METRICS_T = MODEL_DIR_T + "/metrics.json"
 MODEL_HISTORY_T = MODEL_DIR_T + "/history.csv"
 MODEL_CURVE_T = MODEL_DIR_T + "/learning_curve.png"
 MODEL_PREDICTIONS_T = MODEL_DIR_T + "/val_predictions.npy"
 CHECKPOINT_DIR_T = "checkpoints/{name}"
-ATTRIBUTION_MAP_T = "explain/{variant}/attributions/{method}_{split}.npy"
-FEATVIS_DIR_T = "explain/{variant}/featvis"
-UNDESIRABLE_DIR_T = "explain/{variant}/undesirable"
-SANITY_DIR_T = "explain/{variant}/sanity"
+ATTRIBUTION_MAP_T = "explain/{variant}/rep{replicate}/attributions/{method}_{split}.npy"
+FEATVIS_DIR_T = "explain/{variant}/rep{replicate}/featvis"
+UNDESIRABLE_DIR_T = "explain/{variant}/rep{replicate}/undesirable"
+SANITY_DIR_T = "explain/{variant}/rep{replicate}/sanity"
 ROAR_RESULT_T = "evaluate/{kind}/{variant}/{method}/fraction{fraction:g}_seed{seed}.json"
 ROAR_SUMMARY_DIR_T = "evaluate/roar_summary"
-METRICS_DIR_T = "evaluate/metrics/{variant}"
+METRICS_DIR_T = "evaluate/metrics/{variant}/rep{replicate}"
 ROAD_RESULT_T = METRICS_DIR_T + "/road_{method}.json"
 CONFIDENCE_GAIN_TABLE_T = METRICS_DIR_T + "/confidence_gain.csv"
 LOCALISATION_TABLE_T = METRICS_DIR_T + "/localisation.csv"
+LOCALISATION_IMAGES_T = METRICS_DIR_T + "/localisation_images.parquet"
+CONFIDENCE_GAIN_IMAGES_T = METRICS_DIR_T + "/confidence_gain_images.parquet"
 UNTRAINED_LOCALISATION_TABLE_T = "evaluate/metrics/untrained/localisation.csv"
 METRIC_VALIDATION_TABLE_T = METRICS_DIR_T + "/metric_validation.csv"
 FEATVIS_METRICS_TABLE_T = "evaluate/featvis_metrics.csv"
@@ -113,29 +115,29 @@ def variant_summary(config: Mapping, variant: str) -> Path:
 
 # --- training --------------------------------------------------------------------------
 
-def model_dir(config: Mapping, variant: str) -> Path:
-    return at(config, MODEL_DIR_T, variant=variant)
+def model_dir(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, MODEL_DIR_T, variant=variant, replicate=replicate)
 
 
-def model_weights(config: Mapping, variant: str) -> Path:
-    return at(config, MODEL_WEIGHTS_T, variant=variant)
+def model_weights(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, MODEL_WEIGHTS_T, variant=variant, replicate=replicate)
 
 
-def model_metrics(config: Mapping, variant: str) -> Path:
-    return at(config, MODEL_METRICS_T, variant=variant)
+def model_metrics(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, MODEL_METRICS_T, variant=variant, replicate=replicate)
 
 
-def model_history(config: Mapping, variant: str) -> Path:
-    return at(config, MODEL_HISTORY_T, variant=variant)
+def model_history(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, MODEL_HISTORY_T, variant=variant, replicate=replicate)
 
 
-def model_curve(config: Mapping, variant: str) -> Path:
-    return at(config, MODEL_CURVE_T, variant=variant)
+def model_curve(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, MODEL_CURVE_T, variant=variant, replicate=replicate)
 
 
-def model_predictions(config: Mapping, variant: str) -> Path:
+def model_predictions(config: Mapping, variant: str, *, replicate: int) -> Path:
     """int64 N: the model's predicted class of every unmodified val image (store row order)."""
-    return at(config, MODEL_PREDICTIONS_T, variant=variant)
+    return at(config, MODEL_PREDICTIONS_T, variant=variant, replicate=replicate)
 
 
 def checkpoint_dir(config: Mapping, name: str) -> Path:
@@ -146,21 +148,23 @@ def checkpoint_dir(config: Mapping, name: str) -> Path:
 
 # --- explanations ----------------------------------------------------------------------
 
-def attribution_map(config: Mapping, variant: str, method: str, split: str) -> Path:
+def attribution_map(config: Mapping, variant: str, method: str, split: str, *,
+                    replicate: int) -> Path:
     """float32 N x H x W attribution maps, row order = the variant store's split order."""
-    return at(config, ATTRIBUTION_MAP_T, variant=variant, method=method, split=split)
+    return at(config, ATTRIBUTION_MAP_T, variant=variant, method=method, split=split,
+              replicate=replicate)
 
 
-def featvis_dir(config: Mapping, variant: str) -> Path:
-    return at(config, FEATVIS_DIR_T, variant=variant)
+def featvis_dir(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, FEATVIS_DIR_T, variant=variant, replicate=replicate)
 
 
-def undesirable_dir(config: Mapping, variant: str) -> Path:
-    return at(config, UNDESIRABLE_DIR_T, variant=variant)
+def undesirable_dir(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, UNDESIRABLE_DIR_T, variant=variant, replicate=replicate)
 
 
-def sanity_dir(config: Mapping, variant: str) -> Path:
-    return at(config, SANITY_DIR_T, variant=variant)
+def sanity_dir(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, SANITY_DIR_T, variant=variant, replicate=replicate)
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -177,21 +181,32 @@ def roar_summary_dir(config: Mapping) -> Path:
     return at(config, ROAR_SUMMARY_DIR_T)
 
 
-def metrics_dir(config: Mapping, variant: str) -> Path:
+def metrics_dir(config: Mapping, variant: str, *, replicate: int) -> Path:
     """SCG/CCG, localisation and ROAD numbers of one variant."""
-    return at(config, METRICS_DIR_T, variant=variant)
+    return at(config, METRICS_DIR_T, variant=variant, replicate=replicate)
 
 
-def road_result(config: Mapping, variant: str, method: str) -> Path:
-    return at(config, ROAD_RESULT_T, variant=variant, method=method)
+def road_result(config: Mapping, variant: str, method: str, *, replicate: int) -> Path:
+    return at(config, ROAD_RESULT_T, variant=variant, method=method, replicate=replicate)
 
 
-def confidence_gain_table(config: Mapping, variant: str) -> Path:
-    return at(config, CONFIDENCE_GAIN_TABLE_T, variant=variant)
+def confidence_gain_table(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, CONFIDENCE_GAIN_TABLE_T, variant=variant, replicate=replicate)
 
 
-def localisation_table(config: Mapping, variant: str) -> Path:
-    return at(config, LOCALISATION_TABLE_T, variant=variant)
+def localisation_table(config: Mapping, variant: str, *, replicate: int) -> Path:
+    return at(config, LOCALISATION_TABLE_T, variant=variant, replicate=replicate)
+
+
+def localisation_images(config: Mapping, variant: str, *, replicate: int) -> Path:
+    """Per-image energy in mask, strict pointing game and full / fg-only / bg-only correctness
+    of one model (long table: ``image_id, subject, metric, value``)."""
+    return at(config, LOCALISATION_IMAGES_T, variant=variant, replicate=replicate)
+
+
+def confidence_gain_images(config: Mapping, variant: str, *, replicate: int) -> Path:
+    """Per-image SCG / CCG of one model (NaN = image excluded), long table."""
+    return at(config, CONFIDENCE_GAIN_IMAGES_T, variant=variant, replicate=replicate)
 
 
 def untrained_localisation_table(config: Mapping) -> Path:
@@ -200,10 +215,10 @@ def untrained_localisation_table(config: Mapping) -> Path:
     return at(config, UNTRAINED_LOCALISATION_TABLE_T)
 
 
-def metric_validation_table(config: Mapping, variant: str) -> Path:
+def metric_validation_table(config: Mapping, variant: str, *, replicate: int) -> Path:
     """SCG/CCG, energy in mask and pointing game of the oracle maps and random on one
     validation variant's model (``metric_validation`` stage)."""
-    return at(config, METRIC_VALIDATION_TABLE_T, variant=variant)
+    return at(config, METRIC_VALIDATION_TABLE_T, variant=variant, replicate=replicate)
 
 
 def featvis_metrics_table(config: Mapping) -> Path:
@@ -216,7 +231,7 @@ def report_dir(config: Mapping) -> Path:
 
 
 def report_table(config: Mapping, name: str) -> Path:
-    """One tidy table of the aggregate stage (``xaipipe.report.aggregate.TABLES``)."""
+    """One tidy table of the aggregate stage (``xaipipe.report.tables.TABLES``)."""
     return at(config, REPORT_TABLE_T, name=name)
 
 

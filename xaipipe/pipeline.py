@@ -38,7 +38,7 @@ from xaipipe import paths
 from xaipipe.config import validation_variants
 from xaipipe.errors import ConfigError
 from xaipipe.explain.oracle import ORACLE_METHODS
-from xaipipe.report.aggregate import TABLES as REPORT_TABLES
+from xaipipe.report.tables import TABLES as REPORT_TABLES
 
 SCRIPTS_DIR = "workflow_scripts"
 
@@ -105,13 +105,19 @@ def attribution_methods(config: Mapping) -> list[str]:
     return methods + [m for m in config["roar"]["methods"] if m not in methods]
 
 
+def replicate_ids(config: Mapping) -> list[int]:
+    """Replicate indices ``0 .. replicates - 1``: the independently seeded models per variant."""
+    return list(range(config["replicates"]))
+
+
 def roar_kinds(config: Mapping) -> list[str]:
     """``roar``, plus ``kar`` when ``roar.kar`` is on."""
     return ["roar", "kar"] if config["roar"]["kar"] else ["roar"]
 
 
 def roar_seeds(config: Mapping) -> list[int]:
-    """Retraining seed indices ``0 .. roar.seeds - 1``."""
+    """Retraining seed indices ``0 .. roar.seeds - 1``; seed ``s`` removes by the maps of
+    replicate ``s`` (so the ROAR grid does not grow with the replicates)."""
     return list(range(config["roar"]["seeds"]))
 
 
@@ -174,6 +180,14 @@ def validates_metrics(config: Mapping) -> bool:
     return bool(validation_variants(config))
 
 
+@dataclass(frozen=True)
+class Wildcard:
+    """A template field filled from another wildcard of the job (ROAR seed ``s`` reads the
+    maps of replicate ``s``: ``replicate=Wildcard("seed")``)."""
+
+    name: str
+
+
 # --- declared files ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -207,7 +221,8 @@ def resolve(entry: Files, config: Mapping, wildcards: Mapping[str, Any]) -> list
         return [Path(entry.path.of(config))]
     fixed, lists = dict(wildcards), {}
     for name, value in entry.fields.items():
-        value = value.of(config) if isinstance(value, Value) else value
+        value = (value.of(config) if isinstance(value, Value) else
+                 wildcards[value.name] if isinstance(value, Wildcard) else value)
         (lists if isinstance(value, (list, tuple)) else fixed)[name] = value
     return [paths.at(config, entry.template, **fixed, **dict(zip(lists, combo)))
             for combo in itertools.product(*lists.values())]
@@ -269,6 +284,9 @@ class Stage:
 
 
 VARIANTS = key("variants")
+REPLICATES = derived(replicate_ids)
+PER_MODEL: Grid = {"variant": VARIANTS, "replicate": REPLICATES}
+"""The grid of the per-model stages: every replicate of every variant."""
 STORE = {"store": files(paths.VARIANT_DIR_T), "store_done": files(paths.VARIANT_SUMMARY_T)}
 MODEL_AND_STORE = {"model": files(paths.MODEL_WEIGHTS_T), **STORE}
 VAL_MAPS = files(paths.ATTRIBUTION_MAP_T, method=key("explain.methods"), split="val")
@@ -276,8 +294,9 @@ ROAR_GRID: Grid = {"kind": derived(roar_kinds), "variant": VARIANTS, "method": k
                    "fraction": key("roar.fractions"), "seed": derived(roar_seeds)}
 ROAR_ORACLE_GRID: Grid = {**ROAR_GRID, "variant": derived(validation_variants),
                           "method": derived(roar_oracles)}
-ROAD_GRID: Grid = {"variant": VARIANTS, "method": derived(road_methods)}
-ROAD_ORACLE_GRID: Grid = {"variant": derived(validation_variants), "method": derived(road_oracles)}
+ROAD_GRID: Grid = {"variant": VARIANTS, "method": derived(road_methods), "replicate": REPLICATES}
+ROAD_ORACLE_GRID: Grid = {**ROAD_GRID, "variant": derived(validation_variants),
+                          "method": derived(road_oracles)}
 MODEL_OUTPUTS = {"weights": files(paths.MODEL_WEIGHTS_T),
                  "metrics": files(paths.MODEL_METRICS_T),
                  "history": files(paths.MODEL_HISTORY_T),
@@ -325,7 +344,7 @@ STAGE_LIST: tuple[Stage, ...] = (
                   "plugins.variants.{variant}"),
           mem_mb=8000),
     Stage("train", "Train one classifier per variant (Nielsen et al. section IV, Table I).",
-          "train", "torch", grid={"variant": VARIANTS},
+          "train", "torch", grid=PER_MODEL,
           inputs=STORE, outputs=MODEL_OUTPUTS,
           params=("seed", *ARCH, "resolution", "train", "train_overrides.{variant}"), gpu=True,
           threads=2,
@@ -333,15 +352,17 @@ STAGE_LIST: tuple[Stage, ...] = (
     Stage("train_reference", "The independently seeded standard model that judges featvis.",
           "train", "torch",
           inputs=_with(STORE, variant="standard"),
-          outputs=_with(MODEL_OUTPUTS, variant=paths.REFERENCE_MODEL),
+          outputs=_with(MODEL_OUTPUTS, variant=paths.REFERENCE_MODEL, replicate=0),
           params=("seed", *ARCH, "resolution", "train", "train_overrides.standard"), gpu=True,
           threads=2,
           priority=1, mem_mb=16000, runtime=720),
     Stage("attribute", "Attribution maps of one method on every split of a variant's store.",
           "explain", "torch",
-          grid={"variant": VARIANTS, "method": derived(attribution_methods)},
+          grid={"variant": VARIANTS, "method": derived(attribution_methods),
+                "replicate": REPLICATES},
           extra_grids={"oracle": {"variant": derived(validation_variants),
-                                  "method": derived(attribution_oracles)}},
+                                  "method": derived(attribution_oracles),
+                                  "replicate": REPLICATES}},
           inputs=MODEL_AND_STORE,
           outputs={"maps": files(paths.ATTRIBUTION_MAP_T, split=key("explain.splits"))},
           params=("seed", *ARCH, "explain.splits", "explain.batch_size", "explain.channel_reduce",
@@ -350,17 +371,17 @@ STAGE_LIST: tuple[Stage, ...] = (
                   "plugins.methods.{method}"),
           gpu=True, mem_mb=16000, runtime=240),
     Stage("featvis", "Feature visualisation: activation maximisation with L2 (paper IV-V).",
-          "explain", "torch", grid={"variant": VARIANTS},
+          "explain", "torch", grid=PER_MODEL,
           inputs=MODEL_AND_STORE,
           outputs={"dir": files(paths.FEATVIS_DIR_T, directory=True)},
           params=("seed", *ARCH, "featvis"), gpu=True, mem_mb=8000, runtime=240),
     Stage("undesirable", "F-TC / F-NTC undesirable pixels and phi (Kang et al.).",
-          "explain", "torch", grid={"variant": VARIANTS},
+          "explain", "torch", grid=PER_MODEL,
           inputs=MODEL_AND_STORE,
           outputs={"dir": files(paths.UNDESIRABLE_DIR_T, directory=True)},
           params=("seed", *ARCH, "undesirable"), gpu=True, mem_mb=8000, runtime=240),
     Stage("sanity", "Model and data randomisation sanity checks (Adebayo et al.).",
-          "explain", "torch", grid={"variant": VARIANTS},
+          "explain", "torch", grid=PER_MODEL,
           inputs=MODEL_AND_STORE,
           outputs={"dir": files(paths.SANITY_DIR_T, directory=True, caption="sanity.rst")},
           params=("seed", *ARCH, "sanity", "train", "train_overrides.{variant}", "explain",
@@ -368,7 +389,8 @@ STAGE_LIST: tuple[Stage, ...] = (
           gpu=True, mem_mb=8000, runtime=240),
     Stage("roar", "One ROAR / KAR remove-and-retrain run (Hooker et al. 2019).",
           "roar", "torch", grid=ROAR_GRID, extra_grids={"oracle": ROAR_ORACLE_GRID},
-          inputs={**STORE, "maps": files(paths.ATTRIBUTION_MAP_T, split=derived(roar_map_splits))},
+          inputs={**STORE, "maps": files(paths.ATTRIBUTION_MAP_T, split=derived(roar_map_splits),
+                                         replicate=Wildcard("seed"))},
           outputs={"result": files(paths.ROAR_RESULT_T)},
           params=("seed", *ARCH, "roar.epochs", "roar.eval_split", "roar.kar_fraction", "train",
                   "train_overrides.{variant}"),
@@ -390,18 +412,20 @@ STAGE_LIST: tuple[Stage, ...] = (
                   "road_oracle": files(paths.ROAD_RESULT_T, **ROAD_ORACLE_GRID)},
           outputs={"dir": files(paths.ROAR_SUMMARY_DIR_T, directory=True,
                                 caption="roar_summary.rst")},
-          params=("variants", "roar.methods", "roar.fractions", "roar.seeds", "roar.kar",
-                  "roar.kar_fraction", "roar.road", "metric_validation.variants")),
+          params=("variants", "replicates", "roar.methods", "roar.fractions", "roar.seeds",
+                  "roar.kar", "roar.kar_fraction", "roar.road", "metric_validation.variants")),
     Stage("confidence_gain", "Simple and concise confidence gain, SCG / CCG.",
-          "metrics", "torch", grid={"variant": VARIANTS},
+          "metrics", "torch", grid=PER_MODEL,
           inputs={**MODEL_AND_STORE, "maps": VAL_MAPS},
-          outputs={"table": files(paths.CONFIDENCE_GAIN_TABLE_T, caption="confidence_gain.rst")},
+          outputs={"table": files(paths.CONFIDENCE_GAIN_TABLE_T, caption="confidence_gain.rst"),
+                   "images": files(paths.CONFIDENCE_GAIN_IMAGES_T)},
           params=("seed", *ARCH, "resolution", "confidence_gain", "explain.methods"), gpu=True,
           mem_mb=8000, runtime=240),
     Stage("localisation", "Energy in mask, pointing game and background reliance.",
-          "metrics", "torch", grid={"variant": VARIANTS},
+          "metrics", "torch", grid=PER_MODEL,
           inputs={**MODEL_AND_STORE, "maps": VAL_MAPS},
-          outputs={"table": files(paths.LOCALISATION_TABLE_T, caption="localisation.rst")},
+          outputs={"table": files(paths.LOCALISATION_TABLE_T, caption="localisation.rst"),
+                   "images": files(paths.LOCALISATION_IMAGES_T)},
           params=("seed", *ARCH, "resolution", "explain.methods", "localisation", "train",
                   "train_overrides.{variant}"), gpu=True, mem_mb=8000, runtime=240),
     Stage("localisation_untrained", "Localisation of an untrained model's maps (baseline).",
@@ -412,7 +436,8 @@ STAGE_LIST: tuple[Stage, ...] = (
           params=("seed", *ARCH, "resolution", "explain", "localisation", "plugins.methods"),
           gpu=True, mem_mb=8000, runtime=240),
     Stage("metric_validation", "Every metric on oracle maps: object and background vs random.",
-          "metrics", "torch", grid={"variant": derived(validation_variants)},
+          "metrics", "torch",
+          grid={"variant": derived(validation_variants), "replicate": REPLICATES},
           active=derived(validates_metrics),
           inputs={**MODEL_AND_STORE,
                   "maps": files(paths.ATTRIBUTION_MAP_T, split="val",
@@ -423,50 +448,60 @@ STAGE_LIST: tuple[Stage, ...] = (
           mem_mb=8000, runtime=240),
     Stage("featvis_metrics", "Recognisability and high-frequency share of the visualisations.",
           "metrics", "torch",
-          inputs={"featvis": files(paths.FEATVIS_DIR_T, variant=VARIANTS),
-                  "models": files(paths.MODEL_WEIGHTS_T, variant=VARIANTS),
-                  "reference": files(paths.MODEL_WEIGHTS_T, variant=paths.REFERENCE_MODEL),
+          inputs={"featvis": files(paths.FEATVIS_DIR_T, variant=VARIANTS, replicate=REPLICATES),
+                  "models": files(paths.MODEL_WEIGHTS_T, variant=VARIANTS, replicate=REPLICATES),
+                  "reference": files(paths.MODEL_WEIGHTS_T, variant=paths.REFERENCE_MODEL,
+                                     replicate=0),
                   **_with(STORE, variant=derived(first_variant))},
           outputs={"table": files(paths.FEATVIS_METRICS_TABLE_T, caption="featvis_metrics.rst")},
-          params=("variants", *ARCH, "featvis_metrics"), gpu=True, mem_mb=8000, runtime=240),
+          params=("variants", "replicates", *ARCH, "featvis_metrics"), gpu=True, mem_mb=8000,
+          runtime=240),
     Stage("aggregate", "Join every stage's numbers into the report tables.",
           "report", "data",
-          inputs={"metrics": files(paths.MODEL_METRICS_T, variant=VARIANTS),
+          inputs={"metrics": files(paths.MODEL_METRICS_T, **PER_MODEL),
                   "reference_metrics": files(paths.MODEL_METRICS_T,
-                                             variant=paths.REFERENCE_MODEL),
+                                             variant=paths.REFERENCE_MODEL, replicate=0),
                   "store_summaries": files(paths.VARIANT_SUMMARY_T, variant=VARIANTS),
-                  "undesirable": files(paths.UNDESIRABLE_DIR_T, variant=VARIANTS),
-                  "sanity": files(paths.SANITY_DIR_T, variant=VARIANTS),
-                  "confidence_gain": files(paths.CONFIDENCE_GAIN_TABLE_T, variant=VARIANTS),
-                  "localisation": files(paths.LOCALISATION_TABLE_T, variant=VARIANTS),
+                  "undesirable": files(paths.UNDESIRABLE_DIR_T, **PER_MODEL),
+                  "sanity": files(paths.SANITY_DIR_T, **PER_MODEL),
+                  "confidence_gain": files(paths.CONFIDENCE_GAIN_TABLE_T, **PER_MODEL),
+                  "localisation": files(paths.LOCALISATION_TABLE_T, **PER_MODEL),
+                  "localisation_images": files(paths.LOCALISATION_IMAGES_T, **PER_MODEL),
+                  "confidence_gain_images": files(paths.CONFIDENCE_GAIN_IMAGES_T, **PER_MODEL),
+                  "roar": files(paths.ROAR_RESULT_T, **ROAR_GRID),
+                  "road": files(paths.ROAD_RESULT_T, **ROAD_GRID),
                   "untrained_localisation": files(paths.UNTRAINED_LOCALISATION_TABLE_T),
                   "roar_summary": files(paths.ROAR_SUMMARY_DIR_T),
                   "featvis_metrics": files(paths.FEATVIS_METRICS_TABLE_T),
                   "metric_validation": files(paths.METRIC_VALIDATION_TABLE_T,
-                                             variant=derived(validation_variants))},
+                                             variant=derived(validation_variants),
+                                             replicate=REPLICATES)},
           outputs={"tables": files(paths.REPORT_TABLE_T, name=list(REPORT_TABLES))},
-          params=("variants", "seed", "resolution", "dataset", *ARCH, "train.epochs",
+          params=("variants", "replicates", "seed", "resolution", "dataset", *ARCH, "train.epochs",
                   "train.pretrained", "train_overrides", "roar", "metric_validation",
-                  "report.quality_alpha")),
+                  "report.quality_alpha", "report.effects_baseline", "report.ci_level",
+                  "report.bootstrap_resamples", "report.permutation_resamples",
+                  "report.effect_alpha")),
     Stage("report", "The self-contained HTML report.",
           "report", "data",
           inputs={"tables": files(paths.REPORT_TABLE_T, name=list(REPORT_TABLES)),
                   "index": files(paths.INDEX_TABLE_T),
-                  "curves": files(paths.MODEL_CURVE_T, variant=VARIANTS),
-                  "predictions": files(paths.MODEL_PREDICTIONS_T, variant=VARIANTS),
-                  "featvis": files(paths.FEATVIS_DIR_T, variant=VARIANTS),
+                  "curves": files(paths.MODEL_CURVE_T, variant=VARIANTS, replicate=0),
+                  "predictions": files(paths.MODEL_PREDICTIONS_T, variant=VARIANTS, replicate=0),
+                  "featvis": files(paths.FEATVIS_DIR_T, variant=VARIANTS, replicate=0),
                   "maps": files(paths.ATTRIBUTION_MAP_T, variant=VARIANTS,
-                                method=key("explain.methods"), split="val"),
+                                method=key("explain.methods"), split="val", replicate=0),
                   "stores": files(paths.VARIANT_DIR_T, variant=VARIANTS),
                   "index_log": files(paths.INDEX_LOG_T),
                   "dataset": Files(path=derived(paths.dataset_root)),
                   "roar_summary": files(paths.ROAR_SUMMARY_DIR_T),
-                  "sanity": files(paths.SANITY_DIR_T, variant=VARIANTS),
-                  "undesirable": files(paths.UNDESIRABLE_DIR_T, variant=VARIANTS)},
+                  "sanity": files(paths.SANITY_DIR_T, variant=VARIANTS, replicate=0),
+                  "undesirable": files(paths.UNDESIRABLE_DIR_T, variant=VARIANTS, replicate=0)},
           outputs={"html": files(paths.REPORT_HTML_T, caption="report.rst"),
                    "figures": files(paths.REPORT_FIGURES_DIR_T, directory=True,
                                     caption="report_figures.rst")},
-          params=("seed", "resolution", "variants", "variant", *ARCH, "dataset.resize",
+          params=("seed", "resolution", "variants", "replicates", "variant", *ARCH,
+                  "dataset.resize",
                   "explain.methods", "report")),
 )
 
@@ -517,6 +552,10 @@ def check_grid(config: Mapping) -> None:
                           "localisation read the val maps, ROAR/KAR retrain on the train maps "
                           f"of roar.methods and test on the {eval_split} maps "
                           f"(roar.eval_split); got {splits}")
+    if config["roar"]["seeds"] > config["replicates"]:
+        raise ConfigError(f"roar.seeds is {config['roar']['seeds']} but replicates is "
+                          f"{config['replicates']}: ROAR/KAR seed s removes pixels by the maps "
+                          "of replicate s, so raise replicates or lower roar.seeds")
     outside = [v for v in config["metric_validation"]["variants"] if v not in config["variants"]]
     if outside:
         raise ConfigError(f"metric_validation.variants lists {outside}, which are not in "

@@ -21,8 +21,8 @@ from typing import Iterable
 
 from xaipipe import paths
 from xaipipe.io import write_text
-from xaipipe.pipeline import (STAGE_LIST, Files, Placeholder, Stage, Value, log_template,
-                              shell_command)
+from xaipipe.pipeline import (STAGE_LIST, Files, Placeholder, Stage, Value, Wildcard,
+                              log_template, shell_command)
 
 GROUPS = {
     "data": "Dataset source (VOC download or synthetic generator), index and per-variant "
@@ -81,10 +81,12 @@ def _files(entry: Files, stage: Stage, output: bool) -> str:
         text = entry.path.source
     else:
         literal = {k: v for k, v in entry.fields.items()
-                   if not isinstance(v, (Value, list, tuple))}
-        expanded = {k: v for k, v in entry.fields.items() if k not in literal}
+                   if not isinstance(v, (Value, Wildcard, list, tuple))}
+        aliases = {k: v.name for k, v in entry.fields.items() if isinstance(v, Wildcard)}
+        expanded = {k: v for k, v in entry.fields.items() if k not in literal and k not in aliases}
         wildcard = "{{{{{name}}}}}" if expanded else "{{{name}}}"  # {{w}} inside expand()
         fields = {w: Placeholder(w, wildcard) for w in stage.wildcards}
+        fields.update({k: Placeholder(name, wildcard) for k, name in aliases.items()})
         fields.update({k: Placeholder(k) for k in expanded})
         fields.update(literal)
         text = f'R("{entry.template.format(**fields)}")'

@@ -2,7 +2,8 @@
 stream is stable across Python runs (no ``hash``), independent of row order and distinct
 per purpose.
 
-* :func:`named_seed` -- one integer seed per named thing (a model, a stage's job).
+* :func:`named_seed` -- one integer seed per named thing (a model, a stage's job);
+  :func:`model_seed` -- the seed of one replicate of a variant's model.
 * :func:`id_seed` -- seed words for one image's generator, from its VOC id, so an image gets
   the same random numbers however a split is ordered, subset or batched.
 """
@@ -21,6 +22,12 @@ def named_seed(config: Mapping[str, Any], name: str) -> int:
     shuffles while the whole grid follows one master seed."""
     digest = hashlib.blake2b(f"{config['seed']}/{name}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little")
+
+
+def model_seed(config: Mapping[str, Any], variant: str, replicate: int) -> int:
+    """The initialisation and shuffling seed of replicate ``replicate`` of ``variant``'s model
+    (replicates are independently seeded models of the same variant)."""
+    return named_seed(config, f"{variant}/replicate{replicate}")
 
 
 def id_seed(seed: int, stream: int, image_id: str) -> list[int]:

@@ -39,7 +39,7 @@ from xaipipe.errors import ConfigError, DataError
 from xaipipe.evaluate.road import batch_linear_imputation
 from xaipipe.io import atomic_path, save_npy, write_json
 from xaipipe.models import save_model
-from xaipipe.seeds import named_seed
+from xaipipe.seeds import model_seed
 from xaipipe.train import TrainResult, accuracy, predict, train_classifier
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,14 @@ def plot_learning_curve(history: list[dict], chance: float, majority: float, pat
     plt.close(fig)
 
 
-def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, seed: int) -> dict:
+def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, seed: int,
+                replicate: int) -> dict:
     """Train a model on ``store_variant``'s tensor store with that variant's ``train`` settings
     and write ``model.pt``, ``metrics.json``, ``history.csv``, ``learning_curve.png`` and
-    ``val_predictions.npy`` under
-    ``paths.model_dir(config, name)``; resume checkpoints go to ``paths.checkpoint_dir(config,
-    name)``. Returns metrics.json's dict. (``name`` = the variant for the train stage; other
-    models, e.g. ``paths.REFERENCE_MODEL``, reuse it with their own name and seed.)"""
+    ``val_predictions.npy`` under ``paths.model_dir(config, name, replicate=replicate)``; resume
+    checkpoints go to ``paths.checkpoint_dir(config, "<name>/rep<replicate>")``. Returns
+    metrics.json's dict. (``name`` = the variant for the train stage; other models, e.g.
+    ``paths.REFERENCE_MODEL``, reuse it with their own name and seed.)"""
     splits = load_variant_splits(config, store_variant)
     settings = train_settings(config, store_variant)
     arch = configured_architecture(config)
@@ -177,21 +178,25 @@ def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, see
         result = train_classifier(
             train, settings, num_classes=train.num_classes, seed=seed, device=device,
             evals={"val": splits["val"], "val_matched": splits["val_matched"]},
-            checkpoint_dir=paths.checkpoint_dir(config, name), desc=name, arch=arch)
+            checkpoint_dir=paths.checkpoint_dir(config, f"{name}/rep{replicate}"),
+            desc=f"{name} rep{replicate}", arch=arch)
         metrics = table_metrics(result, splits, device, settings["bg_only_fill"])
         predictions = predict(result.model, splits["val"].images, device).argmax(1).numpy()
-    metrics.update(variant=name, store_variant=store_variant, seed=seed,
+    metrics.update(variant=name, replicate=replicate, store_variant=store_variant, seed=seed,
                    num_classes=train.num_classes, resolution=config["resolution"], device=str(device))
-    save_model(paths.model_weights(config, name), result.model, {
+    where = {"replicate": replicate}
+    save_model(paths.model_weights(config, name, **where), result.model, {
         "num_classes": train.num_classes, "class_names": train.class_names,
-        "resolution": config["resolution"], "variant": name, "seed": seed})
-    write_json(paths.model_metrics(config, name), metrics)
-    save_npy(paths.model_predictions(config, name), predictions.astype(np.int64))
-    with atomic_path(paths.model_history(config, name)) as tmp:
+        "resolution": config["resolution"], "variant": name, "replicate": replicate,
+        "seed": seed})
+    write_json(paths.model_metrics(config, name, **where), metrics)
+    save_npy(paths.model_predictions(config, name, **where), predictions.astype(np.int64))
+    with atomic_path(paths.model_history(config, name, **where)) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
     plot_learning_curve(result.history, metrics["chance_accuracy"], metrics["majority_accuracy"],
-                        paths.model_curve(config, name),
-                        f"{name}: {arch.title}, {len(result.history)} epochs")
+                        paths.model_curve(config, name, **where),
+                        f"{name} (replicate {replicate}): {arch.title}, "
+                        f"{len(result.history)} epochs")
     log.info("%s: train acc %.3f, val acc %.3f, val_matched %.3f, fg-only %.3f, bg-only %.3f "
              "(chance %.3f)", name, metrics["train_accuracy"], metrics["val_accuracy"],
              metrics["val_matched_accuracy"], metrics["fg_only_val_accuracy"],
@@ -199,6 +204,8 @@ def train_model(config: Mapping[str, Any], name: str, *, store_variant: str, see
     return metrics
 
 
-def run_train_stage(config: Mapping[str, Any], variant: str) -> dict:
-    """The train stage of ``variant``: :func:`train_model` on its own store and seed."""
-    return train_model(config, variant, store_variant=variant, seed=named_seed(config, variant))
+def run_train_stage(config: Mapping[str, Any], variant: str, replicate: int) -> dict:
+    """The train stage of one replicate of ``variant``: :func:`train_model` on the variant's
+    own store with the replicate's seed (:func:`xaipipe.seeds.model_seed`)."""
+    return train_model(config, variant, store_variant=variant,
+                       seed=model_seed(config, variant, replicate), replicate=replicate)

@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=0)
     for name in stage.wildcards:
         parser.add_argument(f"--{name}", required=True,
-                            type=float if name == "fraction" else int if name == "seed" else str)
+                            type=float if name == "fraction" else int if name in ("seed", "replicate")
+                            else str)
     args = parser.parse_args(argv[1:])
     config = load_config(args.config)
     wildcards = {w: getattr(args, w) for w in stage.wildcards}

@@ -355,14 +355,34 @@ def evaluate_confidence_gain(model: nn.Module, split: Split, maps: Mapping[str, 
     return pd.concat(frames, ignore_index=True)
 
 
+def image_records(records: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
+    """The per-image values of the single-method masks of :func:`evaluate_confidence_gain`
+    records as a long table (``image_id, subject, metric, value``; NaN = excluded): subject
+    is the method (``method@d<k>`` for a heat map dilated k times), metric e.g.
+    ``scg_gaussian_rho0.05``. The variant comparisons pair these over images."""
+    single = records[records["kind"] == "single"]
+    frames = []
+    for metric in ("scg", "ccg"):
+        value = single[metric].where(single[f"{metric}_status"] == OK)
+        subject = np.where(single["dilation"] == "0", single["mask"],
+                           single["mask"] + "@d" + single["dilation"])
+        frames.append(pd.DataFrame({
+            "image_id": np.asarray(ids)[single["image"].to_numpy()], "subject": subject,
+            "metric": [f"{metric}_{k}_rho{r:g}" for k, r in zip(single["kernel"], single["rho"])],
+            "value": value.to_numpy(dtype=np.float64)}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def score_masks(config: Mapping, variant: str, methods: Sequence[str],
-                sets: Sequence[MaskSet]) -> pd.DataFrame:
-    """The summarised SCG/CCG table (:func:`summarise`) of ``variant``'s model for the mask
-    ``sets`` of ``methods``' val maps, on the seeded val subset of
-    ``confidence_gain.num_images``; columns as the stage's table (``variant`` first)."""
+                sets: Sequence[MaskSet], *, replicate: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The summarised SCG/CCG table (:func:`summarise`) of one model's mask ``sets`` of
+    ``methods``' val maps, on the seeded val subset of ``confidence_gain.num_images`` (the
+    same images for every model); columns as the stage's table (``variant`` first); and the
+    per-image values (:func:`image_records`)."""
     settings = config["confidence_gain"]
     split = read_split(paths.variant_split_dir(config, variant, "val"))
-    all_maps = {m: load_maps(paths.attribution_map(config, variant, m, "val"), split)
+    all_maps = {m: load_maps(paths.attribution_map(config, variant, m, "val",
+                                                   replicate=replicate), split)
                 for m in methods}
     rows = select_images(len(split), settings["num_images"], config["seed"])
     ids = split_ids(split)
@@ -371,7 +391,7 @@ def score_masks(config: Mapping, variant: str, methods: Sequence[str],
     maps = {m: a[rows] for m, a in all_maps.items()}
     kernel_size = gaussian_kernel_size(settings["gaussian_kernel"], config["resolution"])
     sigma = settings["gaussian_sigma"] or opencv_sigma(kernel_size)
-    weights = paths.model_weights(config, variant)
+    weights = paths.model_weights(config, variant, replicate=replicate)
     with claim_job_device(config) as device:
         model, meta = load_model(weights, map_location=device, config=config)
         check_labels(subset, int(meta["num_classes"]), weights)
@@ -384,21 +404,25 @@ def score_masks(config: Mapping, variant: str, methods: Sequence[str],
     table.insert(0, "variant", variant)
     table["kernel_size"] = np.where(table.kernel == "gaussian", kernel_size, 0)
     table["sigma"] = np.where(table.kernel == "gaussian", sigma, 0.0)
-    return table
+    return table, image_records(records, subset.ids)
 
 
-def run_confidence_gain(config: Mapping, variant: str) -> pd.DataFrame:
-    """The ``confidence_gain`` stage of ``variant``: read the val store, the model and every
-    ``explain.methods`` val map, write ``paths.confidence_gain_table`` and return it."""
+def run_confidence_gain(config: Mapping, variant: str, *, replicate: int) -> pd.DataFrame:
+    """The ``confidence_gain`` stage of one model (replicate ``replicate`` of ``variant``):
+    read the val store, the model and every ``explain.methods`` val map, write
+    ``paths.confidence_gain_table`` and the per-image values, return the table."""
     settings = config["confidence_gain"]
     methods = list(config["explain"]["methods"])
     sets = mask_sets(methods, settings["agreement"], settings["heatmap_dilations"],
                      settings["agreement_dilations"])
-    table = score_masks(config, variant, methods, sets)
-    with atomic_path(paths.confidence_gain_table(config, variant)) as tmp:
+    table, images = score_masks(config, variant, methods, sets, replicate=replicate)
+    out = paths.confidence_gain_table(config, variant, replicate=replicate)
+    with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
-    log.info("%s: SCG/CCG of %d mask sets on %d val images -> %s", variant, len(sets),
-             int(table["n_images"].max()), paths.confidence_gain_table(config, variant))
+    with atomic_path(paths.confidence_gain_images(config, variant, replicate=replicate)) as tmp:
+        images.to_parquet(tmp, index=False)
+    log.info("%s rep%d: SCG/CCG of %d mask sets on %d val images -> %s", variant, replicate,
+             len(sets), int(table["n_images"].max()), out)
     return table
 
 

@@ -49,7 +49,7 @@ NYQUIST = 0.5
 """Highest representable spatial frequency, cycles per pixel."""
 REFERENCE_IMAGES = "val_images"
 REFERENCE_IMAGE_COUNT = 256
-COLUMNS = ["variant", "judge", "metric", "mean", "std", "n"]
+COLUMNS = ["variant", "replicate", "judge", "metric", "mean", "std", "n"]
 
 
 def high_frequency_share(images: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -81,15 +81,16 @@ def recognisability(model: nn.Module, visualisations: torch.Tensor,
     return recognised, probability
 
 
-def _row(variant: str, judge: str, metric: str, values: np.ndarray) -> dict:
-    return {"variant": variant, "judge": judge, "metric": metric, "mean": float(np.mean(values)),
+def _row(variant: str, replicate: int, judge: str, metric: str, values: np.ndarray) -> dict:
+    return {"variant": variant, "replicate": replicate, "judge": judge, "metric": metric,
+            "mean": float(np.mean(values)),
             "std": float(np.std(values, ddof=1)) if values.size > 1 else float("nan"),
             "n": int(values.size)}
 
 
-def load_visualisations(config: Mapping, variant: str) -> torch.Tensor:
-    """The variant's ``featvis.npy`` as float32 C x 3 x H x W; clear error if absent or odd."""
-    path = paths.featvis_dir(config, variant) / FEATVIS_ARRAY
+def load_visualisations(config: Mapping, variant: str, replicate: int) -> torch.Tensor:
+    """One model's ``featvis.npy`` as float32 C x 3 x H x W; clear error if absent or odd."""
+    path = paths.featvis_dir(config, variant, replicate=replicate) / FEATVIS_ARRAY
     if not path.is_file():
         raise DataError(f"feature visualisations {path} do not exist; run the featvis stage for "
                         f"variant {variant} first")
@@ -103,46 +104,55 @@ def load_visualisations(config: Mapping, variant: str) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32))
 
 
-def load_judges(config: Mapping, device: torch.device) -> dict[str, nn.Module]:
-    """Every variant's model plus the reference model, on ``device``."""
-    reference = paths.model_weights(config, paths.REFERENCE_MODEL)
+def load_judges(config: Mapping, replicate: int, device: torch.device) -> dict[str, nn.Module]:
+    """Replicate ``replicate`` of every variant's model plus the reference model, on
+    ``device``."""
+    reference = paths.model_weights(config, paths.REFERENCE_MODEL, replicate=0)
     if not reference.is_file():
         raise DataError(f"reference model {reference} does not exist; run "
                         "workflow_scripts/train_reference.py first")
-    names = [*config["variants"], paths.REFERENCE_MODEL]
-    return {name: load_model(paths.model_weights(config, name), map_location=device,
-                             config=config)[0]
-            for name in names}
+    weights = {v: paths.model_weights(config, v, replicate=replicate) for v in config["variants"]}
+    weights[paths.REFERENCE_MODEL] = reference
+    return {name: load_model(path, map_location=device, config=config)[0]
+            for name, path in weights.items()}
 
 
 def featvis_metric_rows(visualisations: Mapping[str, torch.Tensor], judges: Mapping[str, nn.Module],
-                        cutoff: float, device: torch.device) -> list[dict]:
-    """Recognisability rows (variant x judge) and the high-frequency row of every variant."""
+                        cutoff: float, device: torch.device, replicate: int) -> list[dict]:
+    """Recognisability rows (variant x judge) and the high-frequency row of every variant's
+    replicate ``replicate``."""
     rows = []
     for variant, images in visualisations.items():
         for judge, model in judges.items():
             recognised, probability = recognisability(model, images, device)
-            rows.append(_row(variant, judge, "recognised", recognised))
-            rows.append(_row(variant, judge, "target_probability", probability))
-        rows.append(_row(variant, "", "hf_share", high_frequency_share(images, cutoff).numpy()))
+            rows.append(_row(variant, replicate, judge, "recognised", recognised))
+            rows.append(_row(variant, replicate, judge, "target_probability", probability))
+        rows.append(_row(variant, replicate, "", "hf_share",
+                         high_frequency_share(images, cutoff).numpy()))
     return rows
 
 
 def run_featvis_metrics(config: Mapping) -> pd.DataFrame:
-    """The ``featvis_metrics`` stage: write ``paths.featvis_metrics_table`` for all variants."""
+    """The ``featvis_metrics`` stage: write ``paths.featvis_metrics_table`` for every model.
+    Replicate r's visualisations are judged by replicate r of every variant and by the
+    reference model."""
     cutoff = config["featvis_metrics"]["hf_cutoff"]
-    visualisations = {v: load_visualisations(config, v) for v in config["variants"]}
     val = read_split(paths.variant_split_dir(config, config["variants"][0], "val"))
     natural = images_to_float(torch.from_numpy(np.array(val.images[:REFERENCE_IMAGE_COUNT])))
+    rows = []
     with claim_job_device(config) as device:
-        judges = load_judges(config, device)
-        rows = featvis_metric_rows(visualisations, judges, cutoff, device)
-    rows.append(_row(REFERENCE_IMAGES, "", "hf_share", high_frequency_share(natural, cutoff).numpy()))
+        for replicate in range(config["replicates"]):
+            visualisations = {v: load_visualisations(config, v, replicate)
+                              for v in config["variants"]}
+            judges = load_judges(config, replicate, device)
+            rows += featvis_metric_rows(visualisations, judges, cutoff, device, replicate)
+    rows.append(_row(REFERENCE_IMAGES, 0, "", "hf_share",
+                     high_frequency_share(natural, cutoff).numpy()))
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(paths.featvis_metrics_table(config)) as tmp:
         table.to_csv(tmp, index=False)
-    log.info("feature-visualisation metrics of %d variants -> %s", len(visualisations),
-             paths.featvis_metrics_table(config))
+    log.info("feature-visualisation metrics of %d variants x %d replicates -> %s",
+             len(config["variants"]), config["replicates"], paths.featvis_metrics_table(config))
     return table
 
 
@@ -151,6 +161,6 @@ def run_train_reference(config: Mapping) -> dict:
     (its store, its ``train`` settings) but with ``standard``'s seed + 1, so it shares no
     initialisation or batch order with the model whose visualisations it judges. Writes
     ``model.pt``, ``metrics.json``, ``history.csv`` and ``learning_curve.png`` under
-    ``paths.model_dir(config, REFERENCE_MODEL)``."""
+    ``paths.model_dir(config, REFERENCE_MODEL, replicate=0)`` (one reference model)."""
     return train_model(config, paths.REFERENCE_MODEL, store_variant="standard",
-                       seed=named_seed(config, "standard") + 1)
+                       seed=named_seed(config, "standard") + 1, replicate=0)

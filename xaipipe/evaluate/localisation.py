@@ -61,7 +61,7 @@ from xaipipe import paths
 from xaipipe.architectures import configured_architecture
 from xaipipe.baselines import chance_rate, majority_rate
 from xaipipe.config import train_settings
-from xaipipe.data.store import read_split
+from xaipipe.data.store import Split, read_split
 from xaipipe.device import claim_job_device
 from xaipipe.evaluate.removal import load_maps, split_ties
 from xaipipe.explain.oracle import REFERENCE_METHODS
@@ -88,6 +88,7 @@ TORCHRAY_RESOLUTION = 224
 UNTRAINED = "untrained"
 """The ``variant`` of the untrained-model rows (:func:`run_untrained_localisation`)."""
 COLUMNS = ["variant", "subject", "metric", "mean", "std", "n", "excluded"]
+IMAGE_COLUMNS = ["image_id", "subject", "metric", "value"]
 
 
 def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor, negative: str = "clip") -> torch.Tensor:
@@ -194,24 +195,25 @@ def _row(variant: str, subject: str, metric: str, values: np.ndarray) -> dict:
 
 def localisation_rows(variant: str, maps: Mapping[str, np.ndarray], masks: np.ndarray,
                       negative: str, ties: torch.Tensor, *, labels: np.ndarray | None = None,
-                      pointing: Pointing = Pointing()) -> list[dict]:
+                      pointing: Pointing = Pointing(),
+                      scores: Mapping[tuple[str, str], np.ndarray] | None = None) -> list[dict]:
     """Rows of energy-in-mask and the ``pointing.variants`` pointing games for every method,
     plus the chance level (and the TorchRay game's ``center`` baseline); ``ties``: the
     images' :func:`tie_orders` (pointing-game ties); ``labels``: the images' classes (the
-    TorchRay game's class mean)."""
+    TorchRay game's class mean); ``scores``: the maps' :func:`image_scores` when the caller
+    has them already."""
     mask_t = torch.from_numpy(np.array(masks))
     strict, torchray = STRICT in pointing.variants, TORCHRAY in pointing.variants
     if torchray and labels is None:
         raise ValueError("the TorchRay pointing game needs the images' labels")
     region = hit_region(mask_t, pointing.tolerance) if torchray else None
     rows = []
+    if scores is None:
+        scores = image_scores(maps, mask_t, negative, ties, strict=strict)
     for method, method_maps in maps.items():
         map_t = torch.as_tensor(np.array(method_maps, dtype=np.float32))
-        rows.append(_row(variant, method, "energy_in_mask",
-                         energy_in_mask(map_t, mask_t, negative).numpy()))
-        if strict:
-            rows.append(_row(variant, method, POINTING_METRICS[STRICT],
-                             pointing_game(map_t, mask_t, ties).numpy()))
+        rows += [_row(variant, method, metric, values)
+                 for (subject, metric), values in scores.items() if subject == method]
         if torchray:
             hits = pointing_game(map_t, region, ties)
             rows.append(_class_mean_row(variant, method, hits, labels))
@@ -225,6 +227,22 @@ def localisation_rows(variant: str, maps: Mapping[str, np.ndarray], masks: np.nd
     return rows
 
 
+def image_scores(maps: Mapping[str, np.ndarray], masks: np.ndarray | torch.Tensor, negative: str,
+                 ties: torch.Tensor, *, strict: bool = True) -> dict[tuple[str, str], np.ndarray]:
+    """(method, metric) -> the per-image values (N,) of energy in mask and, with ``strict``,
+    the strict pointing game: what the summary rows average, and what the variant comparisons
+    pair over images (NaN = a map without mass, excluded)."""
+    mask_t = (masks if isinstance(masks, torch.Tensor)  # a copy: the store's memmap is read-only
+              else torch.from_numpy(np.array(masks)))
+    scores = {}
+    for method, method_maps in maps.items():
+        map_t = torch.as_tensor(np.array(method_maps, dtype=np.float32))
+        scores[method, "energy_in_mask"] = energy_in_mask(map_t, mask_t, negative).numpy()
+        if strict:
+            scores[method, POINTING_METRICS[STRICT]] = pointing_game(map_t, mask_t, ties).numpy()
+    return scores
+
+
 def _class_mean_row(variant: str, subject: str, hits: torch.Tensor, labels: np.ndarray) -> dict:
     """A ``pointing_game_torchray`` row: mean and std over classes of the per-class mean of
     ``hits``; ``n`` = classes."""
@@ -232,53 +250,88 @@ def _class_mean_row(variant: str, subject: str, hits: torch.Tensor, labels: np.n
     return _row(variant, subject, POINTING_METRICS[TORCHRAY], per_class)
 
 
-def reliance_rows(variant: str, model: torch.nn.Module, split, device: torch.device,
-                  batch_size: int, bg_only_fill: str = "impute") -> list[dict]:
-    """Accuracy (mean of per-image correctness, with its std) on full, foreground-only and
-    background-only val images (:func:`background_only` with ``bg_only_fill``), each beside
-    the two accuracies that know nothing: ``chance`` (1 / classes) and ``majority`` (always
-    the split's most frequent class; :mod:`xaipipe.baselines`)."""
+def reliance_correct(model: torch.nn.Module, split, device: torch.device, batch_size: int,
+                     bg_only_fill: str = "impute") -> dict[str, np.ndarray]:
+    """Per-image correctness (N,) on full, foreground-only and background-only val images
+    (:func:`background_only` with ``bg_only_fill``), keyed ``accuracy_full``,
+    ``accuracy_fg_only``, ``accuracy_bg_only``."""
+    return {metric: predict(model, images, device, batch_size).argmax(1).numpy() == split.labels
+            for metric, images in (("accuracy_full", split.images),
+                                   ("accuracy_fg_only", foreground_only(split)),
+                                   ("accuracy_bg_only", background_only(split, bg_only_fill)))}
+
+
+def reliance_rows(variant: str, correct: Mapping[str, np.ndarray], split) -> list[dict]:
+    """Accuracy (mean of per-image correctness, with its std) of every
+    :func:`reliance_correct` entry, each beside the two accuracies that know nothing:
+    ``chance`` (1 / classes) and ``majority`` (always the split's most frequent class;
+    :mod:`xaipipe.baselines`)."""
     rows = []
     n = len(split)
     baselines = {CHANCE: chance_rate(split.num_classes) if split.num_classes else float("nan"),
                  MAJORITY: majority_rate(split.labels)}
-    for metric, images in (("accuracy_full", split.images),
-                           ("accuracy_fg_only", foreground_only(split)),
-                           ("accuracy_bg_only", background_only(split, bg_only_fill))):
-        correct = predict(model, images, device, batch_size).argmax(1).numpy() == split.labels
-        rows.append(_row(variant, MODEL, metric, correct.astype(np.float64)))
+    for metric, hits in correct.items():
+        rows.append(_row(variant, MODEL, metric, hits.astype(np.float64)))
         rows += [{"variant": variant, "subject": subject, "metric": metric, "mean": rate,
                   "std": float("nan"), "n": n, "excluded": 0}
                  for subject, rate in baselines.items()]
     return rows
 
 
-def method_rows(config: Mapping, variant: str, methods: Sequence[str]) -> list[dict]:
-    """:func:`localisation_rows` of ``methods``' val maps of ``variant`` (the ``chance`` and
-    ``center`` rows included), ties seeded by ``config['seed']``."""
+def val_maps(config: Mapping, variant: str, methods: Sequence[str], *, replicate: int
+             ) -> tuple[Split, dict[str, np.ndarray]]:
+    """The unmodified val split and ``methods``' val maps of one model."""
     split = read_split(paths.variant_split_dir(config, variant, "val"))
-    maps = {m: load_maps(paths.attribution_map(config, variant, m, "val"), split)
-            for m in methods}
+    return split, {m: load_maps(paths.attribution_map(config, variant, m, "val",
+                                                      replicate=replicate), split)
+                   for m in methods}
+
+
+def method_rows(config: Mapping, variant: str, methods: Sequence[str], *,
+                replicate: int) -> list[dict]:
+    """:func:`localisation_rows` of ``methods``' val maps of one model (the ``chance`` and
+    ``center`` rows included), ties seeded by ``config['seed']``."""
+    split, maps = val_maps(config, variant, methods, replicate=replicate)
     ties = split_ties(split, config["seed"])
     return localisation_rows(variant, maps, split.masks, config["localisation"]["negative"], ties,
                              labels=split.labels, pointing=pointing_settings(config))
 
 
-def run_localisation(config: Mapping, variant: str) -> pd.DataFrame:
-    """The ``localisation`` stage of ``variant``: write ``paths.localisation_table``."""
+def image_table(ids: Sequence[str], scores: Mapping[tuple[str, str], np.ndarray]) -> pd.DataFrame:
+    """Long per-image table (columns ``image_id, subject, metric, value``) of
+    ``(subject, metric) -> values``: the input of the variant comparisons
+    (:mod:`xaipipe.report.effects`)."""
+    frames = [pd.DataFrame({"image_id": list(ids), "subject": subject, "metric": metric,
+                            "value": np.asarray(values, dtype=np.float64)})
+              for (subject, metric), values in scores.items()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=IMAGE_COLUMNS)
+
+
+def run_localisation(config: Mapping, variant: str, *, replicate: int) -> pd.DataFrame:
+    """The ``localisation`` stage of one model (replicate ``replicate`` of ``variant``): write
+    ``paths.localisation_table`` and the per-image scores, ``paths.localisation_images``."""
     methods = list(config["explain"]["methods"])
-    rows = method_rows(config, variant, methods)
-    split = read_split(paths.variant_split_dir(config, variant, "val"))
+    split, maps = val_maps(config, variant, methods, replicate=replicate)
+    ties = split_ties(split, config["seed"])
+    pointing, negative = pointing_settings(config), config["localisation"]["negative"]
+    scores = image_scores(maps, split.masks, negative, ties, strict=STRICT in pointing.variants)
+    rows = localisation_rows(variant, maps, split.masks, negative, ties, labels=split.labels,
+                             pointing=pointing, scores=dict(scores))
     with claim_job_device(config) as device:
-        model, _ = load_model(paths.model_weights(config, variant), map_location=device,
-                              config=config)
-        rows += reliance_rows(variant, model, split, device, config["localisation"]["batch_size"],
-                              train_settings(config, variant)["bg_only_fill"])
+        model, _ = load_model(paths.model_weights(config, variant, replicate=replicate),
+                              map_location=device, config=config)
+        correct = reliance_correct(model, split, device, config["localisation"]["batch_size"],
+                                   train_settings(config, variant)["bg_only_fill"])
+    rows += reliance_rows(variant, correct, split)
+    scores.update({(MODEL, metric): hits for metric, hits in correct.items()})
     table = pd.DataFrame(rows, columns=COLUMNS)
-    with atomic_path(paths.localisation_table(config, variant)) as tmp:
+    out = paths.localisation_table(config, variant, replicate=replicate)
+    with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
-    log.info("%s: localisation of %d methods on %d val images -> %s", variant, len(methods),
-             len(split), paths.localisation_table(config, variant))
+    with atomic_path(paths.localisation_images(config, variant, replicate=replicate)) as tmp:
+        image_table(split.ids, scores).to_parquet(tmp, index=False)
+    log.info("%s rep%d: localisation of %d methods on %d val images -> %s", variant, replicate,
+             len(methods), len(split), out)
     return table
 
 

@@ -49,17 +49,21 @@ def confidence_gain_rows(table: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def run_metric_validation(config: Mapping, variant: str) -> pd.DataFrame:
-    """Score :data:`METHODS` on ``variant``'s model; write ``paths.metric_validation_table``."""
+def run_metric_validation(config: Mapping, variant: str, *, replicate: int) -> pd.DataFrame:
+    """Score :data:`METHODS` on one model (replicate ``replicate`` of ``variant``); write
+    ``paths.metric_validation_table``."""
     methods = list(METHODS)
-    gain = score_masks(config, variant, methods, mask_sets(methods, agreement=False))
-    local = [r for r in method_rows(config, variant, methods) if r["subject"] in methods]
+    gain, _ = score_masks(config, variant, methods, mask_sets(methods, agreement=False),
+                          replicate=replicate)
+    local = [r for r in method_rows(config, variant, methods, replicate=replicate)
+             if r["subject"] in methods]
     rows = confidence_gain_rows(gain) + [
         {"variant": r["variant"], "metric": r["metric"], "method": r["subject"], "mean": r["mean"],
          "std": r["std"], "n": r["n"], "excluded": r["excluded"]} for r in local]
     table = pd.DataFrame(rows, columns=COLUMNS)
-    with atomic_path(paths.metric_validation_table(config, variant)) as tmp:
+    out = paths.metric_validation_table(config, variant, replicate=replicate)
+    with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
-    log.info("%s: metric validation of %s -> %s", variant, ", ".join(methods),
-             paths.metric_validation_table(config, variant))
+    log.info("%s rep%d: metric validation of %s -> %s", variant, replicate, ", ".join(methods),
+             out)
     return table

@@ -42,6 +42,7 @@ from xaipipe.data.store import Split, read_split
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.evaluate import road_solver
 from xaipipe.evaluate.removal import load_maps, pixel_count, rank_mask, split_ids, tie_orders
+from xaipipe.io import bits
 from xaipipe.models import load_model
 from xaipipe.train import predict
 
@@ -179,7 +180,9 @@ def road_curves(model: torch.nn.Module, split: Split, maps: np.ndarray,
                 device: torch.device, batch_size: int = 64, desc: str = "road",
                 solver: str = "iterative", tolerance: float = DEFAULT_TOLERANCE) -> list[dict]:
     """Accuracy of ``model`` on ``split`` after ROAD removal + imputation, one row per
-    (order, fraction): ``{"order", "fraction", "pixels_removed", "accuracy"}``.
+    (order, fraction): ``{"order", "fraction", "pixels_removed", "accuracy", "correct"}``,
+    ``correct`` being the per-image hits in store row order (:func:`xaipipe.io.bits`), which
+    the variant comparisons pair over images.
 
     Works through ``batch_size`` images at a time, imputing all (order, fraction) points of
     the batch in one :func:`batch_linear_imputation` call. Noise comes from a generator
@@ -195,7 +198,7 @@ def road_curves(model: torch.nn.Module, split: Split, maps: np.ndarray,
     points = [(o, f) for o in range(len(ORDERS)) for f in range(len(fractions))]
     counts = [pixel_count(fractions[f], height, width) for _, f in points]
     rngs = [np.random.default_rng([seed, o, f]) for o, f in points]
-    correct = [0] * len(points)
+    correct = [np.zeros(n, dtype=bool) for _ in points]
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch"):
         stop = min(start + batch_size, n)
         scores = torch.as_tensor(np.array(maps[start:stop], dtype=np.float32), device=device)
@@ -209,14 +212,16 @@ def road_curves(model: torch.nn.Module, split: Split, maps: np.ndarray,
         for k, rng in enumerate(rngs):
             batch = add_noise(imputed[k], removed[k], noise_std, rng)
             preds = predict(model, batch, device, batch_size).argmax(1).numpy()
-            correct[k] += int((preds == labels[start:stop]).sum())
+            correct[k][start:stop] = preds == labels[start:stop]
     return [{"order": ORDERS[o], "fraction": fractions[f], "pixels_removed": count,
-             "accuracy": hits / n}
+             "accuracy": float(hits.mean()), "correct": bits(hits)}
             for (o, f), count, hits in zip(points, counts, correct)]
 
 
-def run_road(config: Mapping, variant: str, method: str, device: torch.device) -> dict:
-    """The ``road`` stage's numbers for one (variant, method) on ``roar.eval_split``."""
+def run_road(config: Mapping, variant: str, method: str, device: torch.device, *,
+             replicate: int) -> dict:
+    """The ``road`` stage's numbers for one (variant, method, replicate) on
+    ``roar.eval_split``: that replicate's model and maps."""
     started = time.perf_counter()
     roar_config = config["roar"]
     eval_split = roar_config["eval_split"]
@@ -224,15 +229,18 @@ def run_road(config: Mapping, variant: str, method: str, device: torch.device) -
     split = read_split(directory)
     if len(split) == 0:
         raise DataError(f"{directory} has no images; ROAD needs a non-empty {eval_split} split")
-    maps = load_maps(paths.attribution_map(config, variant, method, eval_split), split)
-    model, _ = load_model(paths.model_weights(config, variant), map_location=device,
-                          config=config)
+    maps = load_maps(paths.attribution_map(config, variant, method, eval_split,
+                                           replicate=replicate), split)
+    model, _ = load_model(paths.model_weights(config, variant, replicate=replicate),
+                          map_location=device, config=config)
     rows = road_curves(model, split, maps, list(roar_config["fractions"]),
                        roar_config["road_noise_std"], config["seed"], device,
                        batch_size=train_settings(config, variant)["batch_size"],
-                       desc=f"road {variant}/{method}", solver=roar_config["road_solver"],
+                       desc=f"road {variant}/rep{replicate}/{method}",
+                       solver=roar_config["road_solver"],
                        tolerance=roar_config["road_tolerance"])
-    return {"variant": variant, "method": method, "split": eval_split, "n_images": len(split),
+    return {"variant": variant, "method": method, "replicate": replicate, "split": eval_split,
+            "n_images": len(split),
             "noise_std": roar_config["road_noise_std"], "solver": roar_config["road_solver"],
             "tolerance": roar_config["road_tolerance"], "curves": rows,
             "seconds": time.perf_counter() - started}

@@ -25,6 +25,7 @@ import logging
 import time
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from xaipipe import paths
@@ -33,7 +34,8 @@ from xaipipe.baselines import chance_rate, majority_rate
 from xaipipe.config import train_settings
 from xaipipe.data.store import read_split
 from xaipipe.evaluate.removal import fill_value, load_maps, remove_pixels
-from xaipipe.train import accuracy, train_classifier
+from xaipipe.io import bits
+from xaipipe.train import predict, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,11 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
     eval_split = config["roar"]["eval_split"]
     train = read_split(paths.variant_split_dir(config, variant, "train"))
     val = read_split(paths.variant_split_dir(config, variant, eval_split))
-    train_maps = load_maps(paths.attribution_map(config, variant, method, "train"), train)
-    val_maps = load_maps(paths.attribution_map(config, variant, method, eval_split), val)
+    # seed s removes by the maps of replicate s (the ROAR grid does not grow with replicates)
+    train_maps = load_maps(paths.attribution_map(config, variant, method, "train", replicate=seed),
+                           train)
+    val_maps = load_maps(paths.attribution_map(config, variant, method, eval_split,
+                                               replicate=seed), val)
     seconds["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -73,7 +78,9 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
     seconds["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    val_accuracy = accuracy(result.model, val_removed.images, val_removed.labels, device)
+    hits = (predict(result.model, val_removed.images, device).argmax(1).numpy()
+            == np.asarray(val_removed.labels))
+    val_accuracy = float(hits.mean())
     seconds["evaluate"] = time.perf_counter() - clock
     # the last epoch's running accuracy on the augmented batches: a free convergence check
     # (an eval-mode pass over the modified train split would cost more than the val pass)
@@ -82,9 +89,10 @@ def run_roar(config: Mapping, kind: str, variant: str, method: str, fraction: fl
              name, val_accuracy, train_accuracy)
     return {
         "kind": kind, "variant": variant, "method": method, "fraction": fraction, "seed": seed,
-        "train_seed": config["seed"] + seed,
+        "maps_replicate": seed, "train_seed": config["seed"] + seed,
         "eval_split": eval_split,
-        "accuracy": float(val_accuracy), "train_running_accuracy": float(train_accuracy),
+        "accuracy": val_accuracy, "correct": bits(hits),
+        "train_running_accuracy": float(train_accuracy),
         "chance_accuracy": chance_rate(train.num_classes),
         "majority_accuracy": majority_rate(val.labels),
         "epochs": settings["epochs"], "n_train": len(train), "n_val": len(val),

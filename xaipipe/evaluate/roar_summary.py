@@ -66,13 +66,14 @@ def collect_roar(config: Mapping) -> pd.DataFrame:
 
 
 def collect_road(config: Mapping) -> pd.DataFrame:
-    """One row per ROAD curve point: variant, method, order, fraction, accuracy."""
-    files = {(j["variant"], j["method"]): paths.road_result(config, **j)
+    """One row per ROAD curve point of every model: variant, method, replicate, order,
+    fraction, accuracy."""
+    files = {(j["variant"], j["method"], j["replicate"]): paths.road_result(config, **j)
              for j in jobs(STAGES["road"], config)}
     results = _read_all(files, "road")
-    return pd.DataFrame([{"variant": v, "method": m, "order": row["order"],
+    return pd.DataFrame([{"variant": v, "method": m, "replicate": rep, "order": row["order"],
                           "fraction": row["fraction"], "accuracy": row["accuracy"]}
-                         for (v, m), r in zip(files, results) for row in r["curves"]])
+                         for (v, m, rep), r in zip(files, results) for row in r["curves"]])
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -123,14 +124,21 @@ def roar_scores(runs: pd.DataFrame) -> pd.DataFrame:
 
 def road_scores(road: pd.DataFrame) -> pd.DataFrame:
     """variant x method -> ROAD MoRF score (ROAR's sign convention) plus the mean MoRF and
-    LeRF accuracies (Rong et al. read LeRF above MoRF as a faithful ranking)."""
+    LeRF accuracies (Rong et al. read LeRF above MoRF as a faithful ranking), each the mean
+    over the variant's replicate models; ``score_std`` is the std over replicates and
+    ``n_models`` their number."""
     morf = road[road["order"] == "morf"].drop(columns="order").assign(sign=KIND_SIGN["roar"])
-    scores = _gap_scores(morf, ["variant"])
-    means = (road.groupby(["variant", "method", "order"])
+    per_model = _gap_scores(morf, ["variant", "replicate"])
+    means = (road.groupby(["variant", "method", "replicate", "order"])
              .apply(lambda g: mean_gap(g["fraction"].to_numpy(), g["accuracy"].to_numpy()),
                     include_groups=False)
              .unstack("order").add_prefix("mean_accuracy_").reset_index())
-    return scores.merge(means, on=["variant", "method"])
+    per_model = per_model.merge(means, on=["variant", "method", "replicate"])
+    accuracies = [c for c in per_model if c.startswith("mean_accuracy_")]
+    grouped = per_model.groupby(["variant", "method"], sort=True)
+    return (grouped[["score", *accuracies]].mean()
+            .join(grouped["score"].agg(score_std="std", n_models="count"))
+            .reset_index())
 
 
 def ranking_agreement(scores: pd.DataFrame, road: pd.DataFrame) -> pd.DataFrame:

@@ -275,23 +275,25 @@ def check_split_fits_model(split: Split, meta: Mapping[str, Any], where: str) ->
                         f"{num_classes} classes; retrain the model on this store")
 
 
-def run_attribute_stage(config: Mapping[str, Any], variant: str, method: str) -> None:
-    """Stage ``attribute``: maps of ``method`` for the model of ``variant`` on every split in
-    ``explain.splits``, each written to ``paths.attribution_map`` (float32 N x H x W)."""
+def run_attribute_stage(config: Mapping[str, Any], variant: str, method: str, *,
+                        replicate: int) -> None:
+    """Stage ``attribute``: maps of ``method`` for replicate ``replicate`` of ``variant``'s
+    model on every split in ``explain.splits``, each written to ``paths.attribution_map``
+    (float32 N x H x W)."""
     settings = config["explain"]
-    weights = paths.model_weights(config, variant)
+    weights = paths.model_weights(config, variant, replicate=replicate)
     model, meta = load_model(weights, config=config)
     splits = {}
     for name in settings["splits"]:
         directory = paths.variant_split_dir(config, variant, name)
         splits[name] = read_split(directory)
         check_split_fits_model(splits[name], meta, f"{directory} vs {weights}")
-    seed = named_seed(config, f"attribute/{variant}/{method}")
+    seed = named_seed(config, f"attribute/{variant}/rep{replicate}/{method}")
     with claim_job_device(config) as device:
         for name, split in splits.items():
             maps = attribute_split(model, split, method, settings, device=device, seed=seed,
                                    config=config,
-                                   desc=f"{method} {variant}/{name}")
-            target = paths.attribution_map(config, variant, method, name)
+                                   desc=f"{method} {variant}/rep{replicate}/{name}")
+            target = paths.attribution_map(config, variant, method, name, replicate=replicate)
             save_npy(target, maps)
             log.info("wrote %s (%d maps)", target, len(maps))

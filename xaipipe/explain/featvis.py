@@ -306,22 +306,25 @@ def write_featvis_dir(out_dir: str | Path, result: FeatvisResult, class_names: S
         top_images_figure(val_images, top, scores, class_names, tmp / TOP_IMAGES_FILE)
 
 
-def run_featvis_stage(config: Mapping, variant: str, progress: bool = True) -> Path:
-    """The ``featvis`` stage of one variant: inputs are the variant's model and its store's
-    ``val`` split; output is ``paths.featvis_dir(config, variant)``."""
-    model, meta = load_model(paths.model_weights(config, variant), config=config)
+def run_featvis_stage(config: Mapping, variant: str, *, replicate: int,
+                      progress: bool = True) -> Path:
+    """The ``featvis`` stage of one model: inputs are replicate ``replicate`` of the variant's
+    model and its store's ``val`` split; output is ``paths.featvis_dir``. Every replicate starts
+    from the same seeded image parameterisation, so replicates differ by their model only."""
+    weights = paths.model_weights(config, variant, replicate=replicate)
+    model, meta = load_model(weights, config=config)
     val = read_split(paths.variant_split_dir(config, variant, "val"))
     class_names = list(meta.get("class_names") or val.class_names)
     num_classes = int(meta["num_classes"])
     if len(class_names) != num_classes:
-        raise DataError(f"{paths.model_weights(config, variant)} has {num_classes} outputs but "
+        raise DataError(f"{weights} has {num_classes} outputs but "
                         f"{len(class_names)} class names; retrain the model for this dataset")
     settings = config["featvis"]
     size = tuple(val.images.shape[2:])
     with claim_job_device(config) as device:
         result = visualise_classes(model, num_classes, size, settings, config["seed"], device, progress)
         scores = class_scores(model, val.images, settings["batch_size"], device, progress)
-    out = paths.featvis_dir(config, variant)
+    out = paths.featvis_dir(config, variant, replicate=replicate)
     write_featvis_dir(out, result, class_names, val.images, scores, settings)
     gains = (result.final_logits - result.initial_logits).diagonal()
     log.info("featvis %s: mean target-logit gain %.2f over %d classes -> %s",

@@ -142,12 +142,14 @@ def shuffled_label_model(train: Split, settings: Mapping[str, Any], *, num_class
     return model, accuracy(model, train.images, permuted, device)
 
 
-def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
-    """Stage ``sanity``: ``paths.sanity_dir`` gets ``sanity.csv`` (method x test x layer ->
+def run_sanity_stage(config: Mapping[str, Any], variant: str, *, replicate: int) -> None:
+    """Stage ``sanity`` of one model (replicate ``replicate`` of ``variant``; its own seed for
+    the images, the re-initialisations and the shuffled-label model):
+    ``paths.sanity_dir`` gets ``sanity.csv`` (method x test x layer ->
     Spearman mean/std), ``cascade_<method>.png`` per method and ``saliency.png`` (the first
     ``explain.saliency_figure_images`` val images under every ``explain.methods`` method)."""
     settings, options = config["explain"], config["sanity"]
-    weights = paths.model_weights(config, variant)
+    weights = paths.model_weights(config, variant, replicate=replicate)
     model, meta = load_model(weights, config=config)
     val_dir = paths.variant_split_dir(config, variant, "val")
     val = read_split(val_dir)
@@ -155,7 +157,7 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
     train = None
     if options["data_randomisation"]:
         train = read_split(paths.variant_split_dir(config, variant, "train"))
-    seed = named_seed(config, f"sanity/{variant}")
+    seed = named_seed(config, f"sanity/{variant}/rep{replicate}")
     chosen = np.sort(np.random.default_rng(seed).permutation(len(val))[:options["num_images"]])
     subset = Split(images=np.asarray(val.images[chosen]), masks=np.asarray(val.masks[chosen]),
                    labels=np.asarray(val.labels[chosen]), meta={"ids": [val.ids[i] for i in chosen]})
@@ -191,10 +193,11 @@ def run_sanity_stage(config: Mapping[str, Any], variant: str) -> None:
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).sort_values("method", kind="stable")
     names = val.class_names
     titles = [names[int(c)] if int(c) < len(names) else str(int(c)) for c in shown.labels]
-    with atomic_path(paths.sanity_dir(config, variant)) as tmp:
+    out = paths.sanity_dir(config, variant, replicate=replicate)
+    with atomic_path(out) as tmp:
         tmp.mkdir()
         table.to_csv(tmp / "sanity.csv", index=False, float_format="%.6g")
         for method in options["methods"]:
             cascade_plot(table, method, tmp / f"cascade_{method}.png")
         saliency_grid(shown.images, figure_maps, tmp / "saliency.png", row_titles=titles)
-    log.info("wrote %s", paths.sanity_dir(config, variant))
+    log.info("wrote %s", out)

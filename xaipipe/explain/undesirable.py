@@ -329,11 +329,14 @@ def examples_figure(images_u8: np.ndarray, undesirability: Mapping[str, np.ndarr
         fig.savefig(tmp, format="png", dpi=100)
 
 
-def run_undesirable_stage(config: Mapping, variant: str, progress: bool = True) -> Path:
-    """The ``undesirable`` stage of one variant: F-TC/F-NTC masks on a seeded subset of the
-    variant store's ``val`` split; writes ``paths.undesirable_dir(config, variant)``
-    (``results.json``, ``per_image.csv``, ``masks_<method>.npy``, ``examples.png``)."""
-    model, meta = load_model(paths.model_weights(config, variant), config=config)
+def run_undesirable_stage(config: Mapping, variant: str, *, replicate: int,
+                          progress: bool = True) -> Path:
+    """The ``undesirable`` stage of one model (replicate ``replicate`` of ``variant``):
+    F-TC/F-NTC masks on a seeded subset of the variant store's ``val`` split, the same images
+    for every model; writes ``paths.undesirable_dir`` (``results.json``, ``per_image.csv``,
+    ``masks_<method>.npy``, ``examples.png``)."""
+    model, meta = load_model(paths.model_weights(config, variant, replicate=replicate),
+                             config=config)
     val = read_split(paths.variant_split_dir(config, variant, "val"))
     if len(val) == 0:
         raise DataError(f"{paths.variant_split_dir(config, variant, 'val')} has no images; rerun the variant stage")
@@ -355,12 +358,13 @@ def run_undesirable_stage(config: Mapping, variant: str, progress: bool = True) 
             log.info("undesirable %s %s: phi %.2f, ratio %.4f, background share %.3f",
                      variant, method, summaries[method]["phi"], summaries[method]["undesirable_ratio"],
                      summaries[method]["background_share"])
-    out = paths.undesirable_dir(config, variant)
+    out = paths.undesirable_dir(config, variant, replicate=replicate)
     class_names = list(meta.get("class_names") or val.class_names)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         write_json(tmp / "results.json", {
-            "variant": variant, "num_images": len(rows), "methods": summaries,
+            "variant": variant, "replicate": replicate, "num_images": len(rows),
+            "methods": summaries,
             "settings": dict(settings), "seed": config["seed"],
         })
         with atomic_path(tmp / "per_image.csv") as csv_tmp:
