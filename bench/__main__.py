@@ -19,6 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NEEDS_RESULTS = {"roar_grid_time": Path("results") / "benchmarks" / "roar"}
+BY_NAME_ONLY = {"demo_stability": "runs the demo three times (about 30 minutes)"}
+"""Benchmarks too long for a plain ``python -m bench``: they run when named."""
 
 
 def benches() -> list[str]:
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(known)}")
     failed = []
     for name in args.names or known:
+        if not args.names and name in BY_NAME_ONLY:
+            print(f"== {name}: skipped, {BY_NAME_ONLY[name]}; run `python -m bench {name}`")
+            continue
         needs = NEEDS_RESULTS.get(name)
         if needs is not None and not needs.is_dir():
             print(f"== {name}: skipped, needs a finished run's {needs} (make demo first)")

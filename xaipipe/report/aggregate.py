@@ -20,7 +20,9 @@ Tables (names are :data:`TABLES`):
 - ``metric_validation``: every metric on the oracle maps and random
   (:mod:`xaipipe.report.validation`).
 - ``localisation``, ``sanity``, ``roar_scores``, ``road_scores``, ``featvis_metrics``: the
-  upstream tidy tables concatenated over variants.
+  upstream tidy tables concatenated over variants (and replicates: a ``replicate`` column).
+- ``effects``, ``intervals``, ``model_contrast``, ``model_contrast_points``,
+  ``metric_agreement``: the variant comparisons with uncertainty (:mod:`xaipipe.report.effects`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from xaipipe import paths
 from xaipipe.config import validation_variants
 from xaipipe.errors import DataError
 from xaipipe.io import atomic_path
-from xaipipe.report import quality, settings, validation
+from xaipipe.report import effects, quality, settings, validation
+from xaipipe.report.tables import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +58,12 @@ PAPER_PHI = {  # Kang et al., ResNet-18 row of Table 1 (phi) and Table 2 (ratio)
 }
 PAPER_ROW = "ResNet-18 (Kang et al., paper)"
 
+SPREAD_COLUMNS = ["train_acc", "val_acc", "loss", "val_matched_acc", "fg_only_acc", "bg_only_acc"]
+"""Table I columns given as the mean and ``<column>_std`` over a variant's replicate models."""
 TABLE1_COLUMNS = ["variant", "train_acc", "val_acc", "loss", "paper_train_acc", "paper_val_acc",
                   "paper_loss", "val_matched_acc", "fg_only_acc", "bg_only_acc", "bg_only_fill",
-                  "chance_acc", "majority_acc", "n_val", "epochs", "seed", "interpretable",
-                  "quality_note"]
+                  "chance_acc", "majority_acc", "n_val", "epochs", "n_models", "seed",
+                  *(f"{c}_std" for c in SPREAD_COLUMNS), "interpretable", "quality_note"]
 METRIC_KEYS = {  # metrics.json key -> table1 column (accuracies converted to %)
     "train_accuracy": "train_acc", "val_accuracy": "val_acc", "loss": "loss",
     "val_matched_accuracy": "val_matched_acc", "fg_only_val_accuracy": "fg_only_acc",
@@ -67,7 +72,7 @@ METRIC_KEYS = {  # metrics.json key -> table1 column (accuracies converted to %)
     "num_val_images": "n_val", "epochs": "epochs", "seed": "seed",
 }
 PHI_METHODS = {"ftc": "ftc", "fntc": "fntc"}
-PHI_COLUMNS = ["variant", "phi_ftc", "phi_fntc", "ratio_ftc", "ratio_fntc",
+PHI_COLUMNS = ["variant", "replicate", "phi_ftc", "phi_fntc", "ratio_ftc", "ratio_fntc",
                "background_share_ftc", "background_share_fntc", "background_share_se",
                "images_with_undesirable", "background_fraction", "num_images", "note"]
 PAPER_PHI_DEFINITION = {"target_class": "predicted", "reg_reduction": "sum"}
@@ -81,16 +86,16 @@ def gain_setting(kernel: str, rho: float) -> str:
     return f"{KERNEL_LABELS.get(kernel, kernel)} rho={100 * rho:g}%"
 
 
-CG_REQUIRED = ["variant", "mask", "dilation", "kind", "rho", "kernel", "scg_mean", "ccg_mean"]
-LOCALISATION_COLUMNS = ["variant", "subject", "metric", "mean", "std", "n", "excluded"]
+CG_REQUIRED = ["variant", "replicate", "mask", "dilation", "kind", "rho", "kernel", "scg_mean",
+               "ccg_mean"]
+LOCALISATION_COLUMNS = ["variant", "replicate", "subject", "metric", "mean", "std", "n",
+                        "excluded"]
 ROAR_SCORE_COLUMNS = ["kind", "variant", "method", "mean", "std", "n"]
 ROAD_SCORE_COLUMNS = ["variant", "method", "score"]
-FEATVIS_COLUMNS = ["variant", "judge", "metric", "mean", "std", "n"]
-SANITY_COLUMNS = ["variant", "file"]
+FEATVIS_COLUMNS = ["variant", "replicate", "judge", "metric", "mean", "std", "n"]
+SANITY_COLUMNS = ["variant", "replicate", "file"]
 SOURCE_COLUMNS = ["table", "path", "status"]
 
-TABLES = ("table1", "quality", "confidence_gain", "phi", "metric_validation", "localisation",
-          "sanity", "roar_scores", "road_scores", "featvis_metrics", "sources")
 
 
 @dataclass
@@ -141,22 +146,52 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def table1(config: Mapping, sources: Sources) -> pd.DataFrame:
-    """Nielsen et al. Table I with the paper's numbers beside ours (accuracies in %), one row
-    per trained model: every variant, then the featvis metrics' reference model; chance and
-    the val split's majority-class rate beside every accuracy."""
+def models_of(config: Mapping) -> list[tuple[str, int]]:
+    """(variant, replicate) of every trained model of the variants, in config order."""
+    return [(v, r) for v in config["variants"] for r in range(config["replicates"])]
+
+
+def model_rows(config: Mapping, sources: Sources) -> pd.DataFrame:
+    """One row per trained model, Table I's numbers (accuracies in %): every replicate of
+    every variant, then the featvis metrics' reference model; chance and the val split's
+    majority-class rate beside every accuracy."""
     rows = []
-    for variant in [*config["variants"], paths.REFERENCE_MODEL]:
-        path = paths.model_metrics(config, variant)
+    for variant, replicate in [*models_of(config), (paths.REFERENCE_MODEL, 0)]:
+        path = paths.model_metrics(config, variant, replicate=replicate)
         metrics = read_json_if_present(path, ["train_accuracy", "val_accuracy"])
         sources.note("table1", path, metrics is not None)
         if metrics is None:
             continue
-        row = {"variant": variant}
+        row = {"variant": variant, "replicate": replicate}
         for key, column in METRIC_KEYS.items():
             value = metrics.get(key)
             row[column] = (100.0 * value if value is not None and column.endswith("_acc")
                            else value)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["variant", "replicate", *METRIC_KEYS.values()])
+
+
+def table1(models: pd.DataFrame, quality_rows: pd.DataFrame) -> pd.DataFrame:
+    """Nielsen et al. Table I with the paper's numbers beside ours, one row per variant (and
+    the reference model): the mean over its replicate models, ``<column>_std`` over them
+    (:data:`SPREAD_COLUMNS`), ``n_models``, their seeds; ``interpretable`` when every replicate
+    passes the model-quality gate, ``quality_note`` the failing ones' reasons."""
+    rows = []
+    judged = models.assign(interpretable=quality_rows["interpretable"].to_numpy(dtype=bool),
+                           reason=quality_rows["reason"].to_numpy())
+    for variant, group in judged.groupby("variant", sort=False):
+        row = {"variant": variant, "n_models": len(group),
+               "seed": "/".join(str(s) for s in group["seed"]),
+               "bg_only_fill": group["bg_only_fill"].iloc[0],
+               "interpretable": bool(group["interpretable"].all()),
+               "quality_note": "; ".join(f"replicate {r}: {why}" for r, why in
+                                         zip(group["replicate"], group["reason"]) if why)}
+        for column in METRIC_KEYS.values():
+            if column not in row:
+                row[column] = pd.to_numeric(group[column], errors="coerce").mean()
+        for column in SPREAD_COLUMNS:
+            row[f"{column}_std"] = (pd.to_numeric(group[column], errors="coerce").std()
+                                    if len(group) > 1 else np.nan)
         paper = PAPER_TABLE1.get(variant, (np.nan,) * 3)
         row.update(paper_train_acc=paper[0], paper_val_acc=paper[1], paper_loss=paper[2])
         rows.append(row)
@@ -170,10 +205,10 @@ CELL_DETAILS = ("std", "n", "excluded")
 
 def confidence_gain_wide(long: pd.DataFrame) -> pd.DataFrame:
     """The confidence-gain paper's Table 1 layout from the stage's tidy table: one row per
-    (variant, mask set, heat-map dilation); per cell ``<kernel> rho=<p>% <SCG|CCG>`` (the
+    (variant, replicate, mask set, heat-map dilation); per cell ``<kernel> rho=<p>% <SCG|CCG>`` (the
     mean x 100, ordered G_k, Z_k, then rho descending: 25 % before 5 %) followed by its
     :data:`CELL_DETAILS`."""
-    index = ["variant", "mask", "dilation", "kind"]
+    index = ["variant", "replicate", "mask", "dilation", "kind"]
     if long.empty:
         return pd.DataFrame(columns=index)
     long = long.assign(dilation=long["dilation"].astype(str))
@@ -202,20 +237,15 @@ def confidence_gain_wide(long: pd.DataFrame) -> pd.DataFrame:
     wide = wide.reset_index()
     variant_order = {v: i for i, v in enumerate(dict.fromkeys(long["variant"]))}
     mask_order = {m: i for i, m in enumerate(dict.fromkeys(long["mask"]))}
-    return (wide.sort_values(by=["variant", "mask"],
-                             key=lambda s: s.map(variant_order if s.name == "variant" else mask_order))
+    orders = {"variant": variant_order, "mask": mask_order}
+    return (wide.sort_values(by=["variant", "replicate", "mask"],
+                             key=lambda s: s.map(orders[s.name]) if s.name in orders else s)
             .reset_index(drop=True))
 
 
 def confidence_gain(config: Mapping, sources: Sources) -> pd.DataFrame:
-    frames = []
-    for variant in config["variants"]:
-        path = paths.confidence_gain_table(config, variant)
-        frame = read_csv_if_present(path, CG_REQUIRED)
-        sources.note("confidence_gain", path, frame is not None)
-        if frame is not None:
-            frames.append(frame)
-    return confidence_gain_wide(_concat(frames, CG_REQUIRED))
+    return confidence_gain_wide(per_model_csv(config, sources, "confidence_gain",
+                                              paths.confidence_gain_table, CG_REQUIRED))
 
 
 def phi_comparability(settings: Mapping) -> str:
@@ -254,14 +284,15 @@ def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
     follows the paper's definition, otherwise as "not comparable" with the reason in
     ``note``."""
     rows, reasons = [], set()
-    for variant in config["variants"]:
-        path = paths.undesirable_dir(config, variant) / "results.json"
+    for variant, replicate in models_of(config):
+        directory = paths.undesirable_dir(config, variant, replicate=replicate)
+        path = directory / "results.json"
         results = read_json_if_present(path, ["methods"])
         sources.note("phi", path, results is not None)
         if results is None:
             continue
         reasons.add(phi_comparability(results.get("settings", {})))
-        row = {"variant": variant, "num_images": results.get("num_images")}
+        row = {"variant": variant, "replicate": replicate, "num_images": results.get("num_images")}
         for method in PHI_METHODS:
             numbers = results["methods"].get(method)
             if numbers is None:
@@ -273,7 +304,7 @@ def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
             row[f"background_share_{method}"] = numbers.get("background_share")
             # the share uniformly spread undesirable pixels would have (same images per method)
             row["background_fraction"] = numbers.get("background_fraction")
-        row.update(background_share_spread(paths.undesirable_dir(config, variant) / "per_image.csv"))
+        row.update(background_share_spread(directory / "per_image.csv"))
         rows.append(row)
     reasons.discard("")
     if reasons:
@@ -285,29 +316,37 @@ def phi_table(config: Mapping, sources: Sources) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PHI_COLUMNS)
 
 
-def per_variant_csv(config: Mapping, sources: Sources, name: str, path_of, required: list[str]) -> pd.DataFrame:
-    """Concatenate one CSV per variant (``path_of(config, variant)``), adding ``variant``."""
+def per_model_csv(config: Mapping, sources: Sources, name: str, path_of, required: list[str],
+                  variants: Sequence[str] | None = None) -> pd.DataFrame:
+    """Concatenate one CSV per model (``path_of(config, variant, replicate=r)``) of
+    ``variants`` (default: the configured ones), setting ``variant`` and ``replicate`` (placed
+    first)."""
     frames = []
-    for variant in config["variants"]:
-        path = path_of(config, variant)
-        frame = read_csv_if_present(path, [c for c in required if c != "variant"])
-        sources.note(name, path, frame is not None)
-        if frame is not None:
-            frames.append(frame.assign(variant=variant) if "variant" not in frame else frame)
+    for variant in config["variants"] if variants is None else variants:
+        for replicate in range(config["replicates"]):
+            path = path_of(config, variant, replicate=replicate)
+            frame = read_csv_if_present(path, [c for c in required
+                                               if c not in ("variant", "replicate")])
+            sources.note(name, path, frame is not None)
+            if frame is not None:
+                frame = frame.drop(columns=["variant", "replicate"], errors="ignore")
+                frame.insert(0, "replicate", replicate)
+                frame.insert(0, "variant", variant)
+                frames.append(frame)
     return _concat(frames, required)
 
 
 def sanity_table(config: Mapping, sources: Sources) -> pd.DataFrame:
-    """Every CSV of every variant's sanity directory, with ``variant`` and ``file`` columns
-    (the sanity stage's own columns are kept as they are)."""
+    """Every CSV of every model's sanity directory, with ``variant``, ``replicate`` and
+    ``file`` columns (the sanity stage's own columns are kept as they are)."""
     frames = []
-    for variant in config["variants"]:
-        directory = paths.sanity_dir(config, variant)
+    for variant, replicate in models_of(config):
+        directory = paths.sanity_dir(config, variant, replicate=replicate)
         files = sorted(directory.glob("*.csv")) if directory.is_dir() else []
         sources.note("sanity", directory, bool(files))
         for path in files:
             frame = read_csv_if_present(path, [])
-            frames.append(frame.assign(variant=variant, file=path.name))
+            frames.append(frame.assign(variant=variant, replicate=replicate, file=path.name))
     return _concat(frames, SANITY_COLUMNS)
 
 
@@ -320,27 +359,25 @@ def single_csv(sources: Sources, name: str, path: Path, required: list[str]) -> 
 def metric_validation(config: Mapping, sources: Sources, runs: pd.DataFrame,
                       road: pd.DataFrame) -> pd.DataFrame:
     """:func:`xaipipe.report.validation.validation_table` of the oracle runs in
-    ``roar_summary`` (``runs``, ``road``) and the ``metric_validation`` stage tables."""
+    ``roar_summary`` (``runs``, ``road``) and the ``metric_validation`` stage tables, each
+    value the mean over the variant's replicate models (spread: over replicates when there
+    are several)."""
     variants = validation_variants(config)
-    frames = []
-    for variant in variants:
-        path = paths.metric_validation_table(config, variant)
-        frame = read_csv_if_present(path, validation.STAGE_COLUMNS)
-        sources.note("metric_validation", path, frame is not None)
-        if frame is not None:
-            frames.append(frame)
+    stage = per_model_csv(config, sources, "metric_validation", paths.metric_validation_table,
+                          ["replicate", *validation.STAGE_COLUMNS], variants=variants)
     return validation.validation_table(
-        roar_runs=runs, road_scores=road, stage_tables=_concat(frames, validation.STAGE_COLUMNS),
+        roar_runs=runs, road_scores=road, stage_tables=validation.over_replicates(stage),
         variants=variants)
 
 
 def localisation(config: Mapping, sources: Sources) -> pd.DataFrame:
     """Every variant's localisation table, then the untrained model's rows
     (``variant = untrained``), the baseline the trained models are read against."""
-    frames = [per_variant_csv(config, sources, "localisation", paths.localisation_table,
-                              LOCALISATION_COLUMNS),
+    frames = [per_model_csv(config, sources, "localisation", paths.localisation_table,
+                            LOCALISATION_COLUMNS),
+              # one untrained model: replicate 0
               single_csv(sources, "localisation", paths.untrained_localisation_table(config),
-                         LOCALISATION_COLUMNS)]
+                         [c for c in LOCALISATION_COLUMNS if c != "replicate"]).assign(replicate=0)]
     return _concat(frames, LOCALISATION_COLUMNS)
 
 
@@ -350,8 +387,8 @@ QUALITY_COLUMNS = ["model", "check", "interpretable", "reason"]
 def quality_table(models: pd.DataFrame, retrains: pd.DataFrame) -> pd.DataFrame:
     """The model-quality gate (:mod:`xaipipe.report.quality`) as one table: a row per
     trained model and per (kind, variant) retraining."""
-    rows = [{"model": r.variant, "check": "trained model", "interpretable": r.interpretable,
-             "reason": r.reason} for r in models.itertuples()]
+    rows = [{"model": f"{r.variant} replicate {r.replicate}", "check": "trained model",
+             "interpretable": r.interpretable, "reason": r.reason} for r in models.itertuples()]
     rows += [{"model": r.variant, "check": f"{r.kind.upper()} retraining",
               "interpretable": r.interpretable, "reason": r.reason} for r in retrains.itertuples()]
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
@@ -363,11 +400,10 @@ def aggregate_tables(config: Mapping, config_files: Sequence[str] = ()) -> dict[
     sources = Sources()
     roar_dir = paths.roar_summary_dir(config)
     alpha = config["report"]["quality_alpha"]
-    first = table1(config, sources)
-    models = quality.model_quality(first, alpha)
-    first = first.assign(interpretable=models["interpretable"].to_numpy(dtype=bool),
-                         quality_note=models["reason"].to_numpy())
-    trained_ok = dict(zip(models["variant"], models["interpretable"]))
+    models = model_rows(config, sources)
+    judged = quality.model_quality(models, alpha)
+    first = table1(models, judged)
+    trained_ok = quality.variant_quality(judged)
     runs = single_csv(sources, "roar_runs", roar_dir / "roar_runs.csv", validation.ROAR_RUN_COLUMNS)
     road = (single_csv(sources, "road_scores", roar_dir / "road_scores.csv", ROAD_SCORE_COLUMNS)
             if config["roar"]["road"] else pd.DataFrame(columns=ROAD_SCORE_COLUMNS))
@@ -381,8 +417,9 @@ def aggregate_tables(config: Mapping, config_files: Sequence[str] = ()) -> dict[
         {"interpretable": bool})
     flag = lambda frame: quality.flag_variants(frame, trained_ok)  # noqa: E731
     tables = {
+        **effects.effect_tables(config, trained_ok, retrain_ok),
         "table1": first,
-        "quality": quality_table(models, retrains),
+        "quality": quality_table(judged, retrains),
         "confidence_gain": flag(confidence_gain(config, sources)),
         "phi": flag(phi_table(config, sources)),
         "metric_validation": flag(metric_validation(config, sources, runs, road)),

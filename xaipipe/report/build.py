@@ -30,13 +30,15 @@ from xaipipe.explain.figures import saliency_grid  # noqa: E402
 from xaipipe.io import write_text  # noqa: E402
 from xaipipe.report import settings  # noqa: E402
 from xaipipe.report.aggregate import CELL_DETAILS, PAPER_ROW, read_tables  # noqa: E402
-from xaipipe.report.findings import findings  # noqa: E402
 from xaipipe.report.html import Section, render_page  # noqa: E402
+from xaipipe.report.synthesis import agreement_section, answer_section, contrast_section  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FEATVIS_GRID = "featvis_grid.png"
 SALIENCY_GRID = "saliency_grid.png"
+SHOWN = {"replicate": 0}
+"""Figures show each variant's first replicate model (the tables hold every replicate)."""
 
 
 def _class_names(config: Mapping, variant: str) -> list[str] | None:
@@ -47,8 +49,8 @@ def _class_names(config: Mapping, variant: str) -> list[str] | None:
 def draw_featvis_grid(config: Mapping) -> Path | None:
     """Rows = variants with a featvis directory, columns = classes (at most
     ``report.featvis_classes``); ``None`` when no variant has one."""
-    dirs = {v: paths.featvis_dir(config, v) for v in config["variants"]
-            if (paths.featvis_dir(config, v) / "featvis.npy").is_file()}
+    dirs = {v: paths.featvis_dir(config, v, **SHOWN) for v in config["variants"]
+            if (paths.featvis_dir(config, v, **SHOWN) / "featvis.npy").is_file()}
     if not dirs:
         return None
     class_names = _class_names(config, next(iter(dirs)))
@@ -70,7 +72,8 @@ def draw_saliency_grid(config: Mapping) -> Path | None:
     blocks = []
     for variant in config["variants"]:
         store = paths.variant_split_dir(config, variant, "val")
-        maps = {m: paths.attribution_map(config, variant, m, "val") for m in config["explain"]["methods"]}
+        maps = {m: paths.attribution_map(config, variant, m, "val", **SHOWN)
+                for m in config["explain"]["methods"]}
         maps = {m: p for m, p in maps.items() if p.is_file()}
         if maps and (store / "meta.json").is_file():
             blocks.append((variant, read_split(store), maps))
@@ -82,7 +85,7 @@ def draw_saliency_grid(config: Mapping) -> Path | None:
         count = min(n_images, len(split))
         images.append(np.asarray(split.images[:count]))
         masks.append(np.asarray(split.masks[:count]))
-        predictions = paths.model_predictions(config, variant)
+        predictions = paths.model_predictions(config, variant, **SHOWN)
         predicted = np.load(predictions)[:count] if predictions.is_file() else None
         names = split.class_names
         for i in range(count):
@@ -101,11 +104,12 @@ def draw_saliency_grid(config: Mapping) -> Path | None:
     return out
 
 
-def _table_or_missing(section: Section, frame: pd.DataFrame, what: str, caption: str = "") -> None:
+def _table_or_missing(section: Section, frame: pd.DataFrame, what: str, caption: str = "",
+                      source: str = "") -> None:
     if frame.empty:
         section.missing(what)
     else:
-        section.table(frame, caption)
+        section.table(frame, caption, source=source)
 
 
 def _figures(section: Section, figures: list[tuple[Path, str]], what: str) -> None:
@@ -125,7 +129,8 @@ def settings_section(tables: Mapping[str, pd.DataFrame]) -> Section:
         section.missing("run settings (aggregate stage)")
     else:
         section.table(rows[["path", "status"]].rename(columns={"path": "setting",
-                                                               "status": "value"}))
+                                                               "status": "value"}),
+                      source="sources.csv")
     return section
 
 
@@ -137,7 +142,7 @@ def quality_section(tables: Mapping[str, pd.DataFrame]) -> Section:
                       "test at report.quality_alpha): trained models on val, ROAR/KAR "
                       "retraining with random maps at the least destructive fraction. Every "
                       "table below flags rows of failing models with interpretable = False, and "
-                      "no finding names them.")
+                      "every comparison involving them is inconclusive.")
     frame = tables["quality"]
     if frame.empty:
         section.missing("model metrics (train stage)")
@@ -152,7 +157,7 @@ def quality_section(tables: Mapping[str, pd.DataFrame]) -> Section:
     else:
         section.text(f"All {len(frame)} checks pass: every model is clearly above its "
                      "majority-class baseline.")
-    section.table(frame)
+    section.table(frame, source="quality.csv")
     return section
 
 
@@ -200,29 +205,27 @@ def validation_section(tables: Mapping[str, pd.DataFrame]) -> Section:
                            ". Their numbers below do not rank explanations correctly on this run."))
     else:
         section.text(f"All {len(frame)} metric rows order the oracles as expected.")
-    section.table(frame, float_format="{:.3f}")
+    section.table(frame, float_format="{:.3f}", source="metric_validation.csv")
     return section
 
 
 def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[Section]:
-    """Every section of the page, in reading order: what the run is, whether its models can be
-    read, whether its metrics can be trusted, then the findings and the tables."""
+    """Every section of the page, in reading order: the answer to the research question
+    (variant comparisons with intervals, model contrast, metric agreement), what the run is,
+    whether its models can be read, whether its metrics can be trusted, then the tables."""
     variants = list(config["variants"])
+    answer = [answer_section(config, tables), contrast_section(config, tables),
+              agreement_section(config, tables)]
     header = [settings_section(tables), quality_section(tables), validation_section(tables)]
-    found = Section("Findings", "Auto-generated from the tables below; each line names the "
-                    "most object-focused variant by one metric, or says why none can be named "
-                    "(model not interpretable, value not beyond its baseline, or a tie within "
-                    "the spread).")
-    found.bullets(findings(dict(tables)))
 
     training = Section("Table I reproduction", "Nielsen et al. Table I: our numbers beside the "
-                       "paper's (accuracies in %; val = unmodified val images), every trained "
-                       "model including the featvis metrics' reference model. Beside every "
-                       "accuracy: chance (1 / classes) and the val split's majority-class rate. "
-                       "Extra columns: val with the variant's own treatment, foreground-only and "
-                       "background-only val.")
+                       "paper's (accuracies in %; val = unmodified val images), mean over each "
+                       "variant's replicate models with the std over them (*_std, n_models), and "
+                       "the featvis metrics' reference model. Beside every accuracy: chance "
+                       "(1 / classes) and the val split's majority-class rate. Extra columns: val "
+                       "with the variant's own treatment, foreground-only and background-only val.")
     _table_or_missing(training, tables["table1"].drop(columns="quality_note", errors="ignore"),
-                      "model metrics (train stage)")
+                      "model metrics (train stage)", source="table1.csv")
     if paths.index_table(config).is_file():
         training.figure(write_variant_examples(config), "Training variants (paper Fig. 3): "
                         "original, foreground mask, black, noise and mixed")
@@ -230,7 +233,8 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
         training.missing("variant example figure (needs the index stage)")
 
     curves = Section("Learning curves")
-    _figures(curves, [(paths.model_curve(config, v), f"{v}: loss and accuracy per epoch")
+    _figures(curves, [(paths.model_curve(config, v, **SHOWN),
+                       f"{v} (replicate 0): loss and accuracy per epoch")
                       for v in variants], "learning curves (train stage)")
 
     featvis = Section("Feature visualisation", "Rows = variants, columns = classes "
@@ -240,7 +244,8 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
         featvis.missing("feature visualisations (featvis stage)")
     else:
         featvis.figure(grid, "Class visualisations per variant")
-    _table_or_missing(featvis, tables["featvis_metrics"], "featvis metrics (featvis_metrics stage)")
+    _table_or_missing(featvis, tables["featvis_metrics"], "featvis metrics (featvis_metrics stage)",
+                      source="featvis_metrics.csv")
 
     saliency = Section("Saliency maps", "First validation images per variant with each "
                        "method's attribution (|value|, scaled per map).")
@@ -252,11 +257,13 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
 
     roar = Section("ROAR / KAR", "Score = mean accuracy gap to the random baseline over the "
                    "removed fractions (positive = better than random), mean ± std over seeds.")
-    _table_or_missing(roar, tables["roar_scores"], "ROAR/KAR scores (roar_summary stage)")
+    _table_or_missing(roar, tables["roar_scores"], "ROAR/KAR scores (roar_summary stage)",
+                      source="roar_scores.csv")
     if not tables["roar_scores"].empty:
         roar.bullets(roar_verdicts(tables["roar_scores"]))
     _table_or_missing(roar, tables["road_scores"], "ROAD scores (roar_summary stage, roar.road)",
-                      "ROAD (Rong et al. 2022), MoRF score in ROAR's sign convention")
+                      "ROAD (Rong et al. 2022), MoRF score in ROAR's sign convention, mean over "
+                      "replicate models (score_std over them)", source="road_scores.csv")
     summary = paths.roar_summary_dir(config)
     _figures(roar, [(summary / f"curves_{kind}_{v}.png", f"{kind.upper()} curves: {v}")
                     for kind in ("roar", "kar") for v in variants], "ROAR/KAR curves")
@@ -271,19 +278,20 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
         gain.missing("SCG/CCG tables (confidence_gain stage)")
     for variant, block in gain_display(frame).groupby("variant", sort=False):
         gain.table(block.drop(columns="variant"), f"Variant {variant}: mean ± std (n images "
-                   "kept, excl. = excluded by the paper's rules and min_denominator)",
-                   float_format="{:.2f}")
+                   "kept, excl. = excluded by the paper's rules and min_denominator), one row "
+                   "per replicate model", float_format="{:.2f}", source="confidence_gain.csv")
 
     phi = Section("Undesirable pixels (phi)", "Kang et al. Table 1 (phi, Eq. 8) and Table 2 "
                   "(undesirable-pixel ratio) for F-TC and F-NTC, plus the share of undesirable "
                   f"pixels on the background; the last row is the paper's ({PAPER_ROW}), with "
                   "its numbers only when our definition matches theirs (note).")
     if (tables["phi"]["variant"] != PAPER_ROW).any():
-        phi.table(tables["phi"], float_format="{:.4g}")
+        phi.table(tables["phi"], float_format="{:.4g}", source="phi.csv")
     else:
         phi.missing("undesirable-pixel results (undesirable stage)")
-    _figures(phi, [(paths.undesirable_dir(config, v) / "examples.png", f"{v}: undesirable pixels")
-                   for v in variants], "undesirable-pixel figures")
+    _figures(phi, [(paths.undesirable_dir(config, v, **SHOWN) / "examples.png",
+                    f"{v} (replicate 0): undesirable pixels") for v in variants],
+             "undesirable-pixel figures")
 
     sanity = Section("Sanity checks", "Adebayo et al.: similarity of explanations under "
                      "model-parameter and data randomisation. The data-randomisation rows are "
@@ -298,9 +306,9 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
                                 for v, g in unfit.groupby("variant", sort=False))
                     + ": the random-label model did not fit its labels; raise "
                     "sanity.data_randomisation_epochs.")
-    _table_or_missing(sanity, frame, "sanity-check tables (sanity stage)")
-    _figures(sanity, [(p, f"{v}: {p.stem}") for v in variants
-                      for p in sorted(paths.sanity_dir(config, v).glob("*.png"))],
+    _table_or_missing(sanity, frame, "sanity-check tables (sanity stage)", source="sanity.csv")
+    _figures(sanity, [(p, f"{v} (replicate 0): {p.stem}") for v in variants
+                      for p in sorted(paths.sanity_dir(config, v, **SHOWN).glob("*.png"))],
              "sanity-check figures (sanity stage)")
 
     local = Section("Localisation", "Energy in mask and pointing game per method, read against "
@@ -308,12 +316,14 @@ def build_sections(config: Mapping, tables: Mapping[str, pd.DataFrame]) -> list[
                     "untrained model's maps of the same methods (variant untrained). Accuracy "
                     "on full / fg-only / bg-only val images beside chance (1 / classes) and the "
                     "majority-class rate (subject majority).")
-    _table_or_missing(local, tables["localisation"], "localisation tables (localisation stage)")
+    _table_or_missing(local, tables["localisation"], "localisation tables (localisation stage)",
+                      source="localisation.csv")
 
     sources = Section("Inputs", "Every file the aggregate stage looked for.")
     files = tables["sources"]
-    _table_or_missing(sources, files[files["table"] != settings.TABLE], "input list")
-    return [*header, found, training, curves, featvis, saliency, roar, gain, phi, sanity, local,
+    _table_or_missing(sources, files[files["table"] != settings.TABLE], "input list",
+                      source="sources.csv")
+    return [*answer, *header, training, curves, featvis, saliency, roar, gain, phi, sanity, local,
             sources]
 
 

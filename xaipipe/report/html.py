@@ -39,10 +39,15 @@ class Section:
     intro: str = ""
     blocks: list[str] = field(default_factory=list)
 
-    def table(self, frame: pd.DataFrame, caption: str = "", float_format: str = "{:.3f}") -> None:
+    def table(self, frame: pd.DataFrame, caption: str = "", float_format: str = "{:.3f}",
+              source: str = "") -> None:
+        """``frame`` as an HTML table; ``source``: the CSV beside ``index.html`` it comes from
+        (linked under the table, so every number can be traced to its file)."""
         body = frame.to_html(index=False, na_rep="–", float_format=float_format.format, border=0)
         cap = f"<p class='note'>{html.escape(caption)}</p>" if caption else ""
-        self.blocks.append(f"{cap}<div class='table'>{body}</div>")
+        link = (f"<p class='note'>Source: <a href='{html.escape(source)}'>"
+                f"{html.escape(source)}</a></p>" if source else "")
+        self.blocks.append(f"{cap}<div class='table'>{body}</div>{link}")
 
     def figure(self, path: str | Path, caption: str = "") -> None:
         self.blocks.append(

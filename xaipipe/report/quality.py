@@ -28,18 +28,27 @@ from xaipipe.baselines import clearly_above
 TABLE1_REQUIRED = ["variant", "val_acc", "majority_acc", "n_val"]
 
 
-def model_quality(table1: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """Per Table I row: ``variant, interpretable, reason`` (accuracies in %)."""
+def model_quality(models: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per trained model (a row of ``models``: ``variant``, ``replicate``, ``val_acc``,
+    ``majority_acc`` in %, ``n_val``): ``variant, replicate, interpretable, reason``."""
     rows = []
-    for _, row in table1.iterrows():
+    for _, row in models.iterrows():
         accuracy, majority = row.get("val_acc", np.nan) / 100, row.get("majority_acc", np.nan) / 100
         n = int(row["n_val"]) if pd.notna(row.get("n_val")) else 0
         ok = clearly_above(accuracy, n, majority, alpha)
         reason = "" if ok else (
             f"val accuracy {100 * accuracy:.1f} % on {n} images is not clearly above the "
             f"majority-class rate {100 * majority:.1f} % (one-sided binomial test, alpha {alpha:g})")
-        rows.append({"variant": row["variant"], "interpretable": ok, "reason": reason})
-    return pd.DataFrame(rows, columns=["variant", "interpretable", "reason"])
+        rows.append({"variant": row["variant"], "replicate": row.get("replicate", 0),
+                     "interpretable": ok, "reason": reason})
+    return pd.DataFrame(rows, columns=["variant", "replicate", "interpretable", "reason"])
+
+
+def variant_quality(models: pd.DataFrame) -> dict[str, bool]:
+    """A variant is interpretable when every one of its replicate models is
+    (:func:`model_quality` rows)."""
+    return {variant: bool(group["interpretable"].all())
+            for variant, group in models.groupby("variant", sort=False)}
 
 
 def retrain_quality(runs: pd.DataFrame, alpha: float, kar_fraction: str = "removed") -> pd.DataFrame:

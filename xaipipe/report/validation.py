@@ -74,6 +74,24 @@ def road_rows(road_scores: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
             else pd.DataFrame(columns=["metric", "variant", "method", "mean", "std"]))
 
 
+def over_replicates(stage: pd.DataFrame) -> pd.DataFrame:
+    """The ``metric_validation`` stage rows of several replicate models as one row per
+    (variant, metric, method): the mean of the models' means, and as ``std`` the std over the
+    replicates when there are several (else the one model's std over images); ``n`` and
+    ``excluded`` summed; ``std_over`` says which."""
+    columns = [*STAGE_COLUMNS, "std_over"]
+    if stage.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = stage.groupby(["variant", "metric", "method"], sort=False)
+    out = grouped.agg(mean=("mean", "mean"), n=("n", "sum"), excluded=("excluded", "sum"),
+                      models=("replicate", "nunique"), image_std=("std", "first"),
+                      model_std=("mean", "std")).reset_index()
+    several = out["models"] > 1
+    out["std"] = np.where(several, out["model_std"], out["image_std"])
+    out["std_over"] = np.where(several, "replicates", "images")
+    return out[columns]
+
+
 def higher_is_better(metric: str) -> bool:
     """The direction of a validation metric (see the module docstring)."""
     return metric not in ("ROAR", "ROAD MoRF")
@@ -93,6 +111,9 @@ def validation_table(*, roar_runs: pd.DataFrame, road_scores: pd.DataFrame,
                      stage_tables: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     """The ``metric_validation`` report table (:data:`COLUMNS`), ROAR, KAR and ROAD first."""
     stage = stage_tables[["variant", "metric", "method", "mean", "std"]]
+    stage_spread = (dict(zip(zip(stage_tables["metric"], stage_tables["variant"]),
+                             stage_tables["std_over"]))
+                    if "std_over" in stage_tables else {})
     long = pd.concat([roar_rows(roar_runs, variants), road_rows(road_scores, variants), stage],
                      ignore_index=True)
     if long.empty:
@@ -110,5 +131,6 @@ def validation_table(*, roar_runs: pd.DataFrame, road_scores: pd.DataFrame,
         rows.append({"metric": metric, "variant": variant, **value, "higher_is_better": higher,
                      "ordering_ok": ordering_ok(*value.values(), higher), **spread,
                      "std_over": "seeds" if metric in ("ROAR", "KAR") else
-                                 "none" if metric.startswith("ROAD") else "images"})
+                                 "none" if metric.startswith("ROAD") else
+                                 stage_spread.get((metric, variant), "images")})
     return pd.DataFrame(rows, columns=COLUMNS)
