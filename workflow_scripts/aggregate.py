@@ -6,6 +6,8 @@ xaipipe.report.aggregate. Missing optional inputs are "not available".
     python workflow_scripts/aggregate.py --config config.yaml [config/demo.yaml]
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

@@ -5,6 +5,8 @@ written to results/explain/<variant>/attributions/<method>_<split>.npy
     python workflow_scripts/attribute.py --config config.yaml [config/demo.yaml] --variant black --method gradcam
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import (add_method_argument, add_replicate_argument, add_variant_argument,

@@ -5,6 +5,8 @@ variant on its val images: results/evaluate/metrics/<variant>/confidence_gain.cs
     python workflow_scripts/confidence_gain.py --config config.yaml [config/demo.yaml] --variant black
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser

@@ -8,6 +8,8 @@ With dataset.voc_root set, only checks that directory and writes the manifest.
     python workflow_scripts/download_voc.py --config config.yaml
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

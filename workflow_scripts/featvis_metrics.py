@@ -5,6 +5,8 @@ results/evaluate/featvis_metrics.csv (see xaipipe.evaluate.featvis_metrics).
     python workflow_scripts/featvis_metrics.py --config config.yaml [config/demo.yaml]
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

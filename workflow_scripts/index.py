@@ -3,6 +3,8 @@
 Reads ``paths.dataset_root(config)`` (real VOC 2012 or the synthetic VOC-format dataset) and
 writes ``paths.index_table`` (parquet) and ``paths.index_log`` (JSON counts)."""
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

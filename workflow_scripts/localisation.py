@@ -5,6 +5,8 @@ results/evaluate/metrics/<variant>/localisation.csv (see xaipipe.evaluate.locali
     python workflow_scripts/localisation.py --config config.yaml [config/demo.yaml] --variant black
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser

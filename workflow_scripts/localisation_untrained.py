@@ -6,6 +6,8 @@ read against. Writes results/evaluate/metrics/untrained/localisation.csv
     python workflow_scripts/localisation_untrained.py --config config.yaml [config/demo.yaml]
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

@@ -10,6 +10,8 @@ bytes.
     python workflow_scripts/make_synthetic.py --config config.yaml config/demo.yaml
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

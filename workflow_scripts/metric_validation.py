@@ -6,6 +6,8 @@ results/evaluate/metrics/<variant>/metric_validation.csv
     python workflow_scripts/metric_validation.py --config config.yaml [config/demo.yaml] --variant black
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser

@@ -5,6 +5,8 @@ xaipipe.report.build.
     python workflow_scripts/report.py --config config.yaml [config/demo.yaml]
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

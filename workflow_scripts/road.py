@@ -3,6 +3,8 @@
 For every fraction in ``roar.fractions`` the ranked val pixels are removed and filled by
 noisy linear imputation; no retraining. Writes ``paths.road_result(config, variant, method)``."""
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe import paths

@@ -5,6 +5,8 @@ replaces the top (ROAR) or all but the top (KAR) ``--fraction`` of each image's 
 training-set channel mean, retrains a fresh model (model.arch) and writes
 ``paths.roar_result(config, kind, variant, method, fraction, seed)`` (JSON)."""
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe import paths

@@ -4,6 +4,8 @@ Writes the directory ``paths.roar_summary_dir(config)`` atomically: accuracy tab
 seeds, curves per variant, area-vs-random scores, ROAD table, ROAR-vs-ROAD agreement and a
 short verdict per variant (``summary.md``)."""
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

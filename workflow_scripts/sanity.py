@@ -5,6 +5,8 @@ randomisation and the random-label model, into results/explain/<variant>/sanity/
     python workflow_scripts/sanity.py --config config.yaml [config/demo.yaml] --variant black
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser

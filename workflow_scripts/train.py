@@ -4,6 +4,8 @@ under results/models/<variant>/ (see xaipipe.train_stage).
     python workflow_scripts/train.py --config config.yaml [config/demo.yaml] --variant black
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser

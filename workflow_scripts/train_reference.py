@@ -5,6 +5,8 @@ model (model.arch) with seed + 1, written to results/models/standard_reference/{
     python workflow_scripts/train_reference.py --config config.yaml [config/demo.yaml]
 """
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import run_stage, stage_parser

@@ -9,6 +9,8 @@ Reads the model (``paths.model_weights``) and the variant store's ``val`` split;
 
 from __future__ import annotations
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import add_replicate_argument, add_variant_argument, run_stage, stage_parser

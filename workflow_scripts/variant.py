@@ -3,6 +3,8 @@
 Writes ``paths.variant_dir(config, variant)`` (splits train, val, val_matched) and then
 ``paths.variant_summary(config, variant)``, whose presence marks the variant complete."""
 
+from xaipipe.forkserver import hand_off; hand_off(__file__)  # warm start (docs/orchestration.md)
+
 import sys
 
 from xaipipe.cli import add_variant_argument, run_stage, stage_parser

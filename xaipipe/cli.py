@@ -17,6 +17,7 @@ import sys
 from typing import Callable, Sequence
 
 from xaipipe import io_audit, registry
+from xaipipe.forkserver import unwind_on_termination
 from xaipipe.config import load_config
 from xaipipe.errors import ConfigError, XaipipeError
 
@@ -85,9 +86,12 @@ def run_stage(main: Callable[[argparse.Namespace, dict], None], parser: argparse
 
     A :class:`XaipipeError` (bad config, bad input file) is printed as one clear line and
     exits with status 1, without a traceback: the message already names the file and fix.
-    With ``XAIPIPE_AUDIT_DIR`` set, the run is recorded for :mod:`xaipipe.io_audit`.
+    With ``XAIPIPE_AUDIT_DIR`` set, the run is recorded for :mod:`xaipipe.io_audit`. SIGTERM
+    and SIGHUP unwind the stage (:func:`xaipipe.forkserver.unwind_on_termination`), so a
+    cancelled job leaves no temporary or partial output.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    unwind_on_termination()
     args = parser.parse_args(argv)
     if args.threads > 0:
         import torch

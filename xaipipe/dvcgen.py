@@ -31,6 +31,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 PACKAGE = PACKAGE_DIR.name
 
+EXECUTION_MODULES = ("xaipipe/forkserver.py",)
+"""Modules that decide how a job is started, not what it computes (every script imports the
+fork server's hand-off first): not dependencies, so editing them reruns nothing."""
+
 REGISTRY_LOOKUPS = {"variant_function": "variants", "method_function": "methods",
                     "model_function": "models"}
 """Registry functions that import a registered target by name: a module calling one
@@ -88,8 +92,8 @@ def library_modules(script: str | Path, config: Mapping | None = None) -> list[s
     the closure over ``import`` statements anywhere in a module (lazy imports inside
     functions included), plus the modules of every registered variant / method of an axis a
     reached module looks up by name (:data:`REGISTRY_LOOKUPS`; ``config``'s plug-ins too,
-    when their file lies in the repository). Over-approximates: a module imported on a path
-    the job never takes still counts."""
+    when their file lies in the repository), less :data:`EXECUTION_MODULES`.
+    Over-approximates: a module imported on a path the job never takes still counts."""
     seen: set[Path] = set()
     axes: set[str] = set()
     todo = [Path(script).resolve()]
@@ -109,7 +113,8 @@ def library_modules(script: str | Path, config: Mapping | None = None) -> list[s
                 if plugin is not None:
                     todo.append(plugin)
     seen.discard(Path(script).resolve())
-    return sorted(os.path.relpath(p, REPO_DIR) for p in seen)
+    return sorted(rel for rel in (os.path.relpath(p, REPO_DIR) for p in seen)
+                  if rel not in EXECUTION_MODULES)
 
 
 def _plugin_file(module: str, config: Mapping | None) -> Path | None:

@@ -205,7 +205,7 @@ def problems(record: Mapping, config: Mapping, workdir: Path) -> list[str]:
     """Everything in ``record`` the stage table does not declare for that job (empty: all
     declared). ``config``: the run's merged config; ``workdir``: where the run happened."""
     from xaipipe import paths, pipeline
-    from xaipipe.dvcgen import library_modules
+    from xaipipe.dvcgen import EXECUTION_MODULES, library_modules
 
     stage = pipeline.STAGES[Path(record["script"]).stem]
     wildcards = {w: record["wildcards"][w] for w in stage.wildcards}
@@ -229,7 +229,7 @@ def problems(record: Mapping, config: Mapping, workdir: Path) -> list[str]:
     for key in record["keys"]:
         if not _covered_key(key, declared):
             found.append(f"{where}: reads config key {key!r}, which is not in its params")
-    deps = set(library_modules(stage.script, config)) | {stage.script}
+    deps = set(library_modules(stage.script, config)) | {stage.script, *EXECUTION_MODULES}
     for module in record["modules"]:
         if module not in deps and not module.startswith(".."):
             found.append(f"{where}: imports {module}, which is not a DVC dependency of it")
