@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from xaipipe.config import deep_merge, load_config, validate_config
 from xaipipe.data.store import Split
@@ -195,3 +196,18 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class GuidedReLU(torch.autograd.Function):
+    """Springenberg et al. 2015: pass only positive gradients where the input was positive
+    (the tests' hand-written reference for guided backprop)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (x > 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_workflow_script
+from conftest import GuidedReLU, run_workflow_script
 from xaipipe import paths
 from xaipipe.config import validate_config
 from xaipipe.explain.attribution import attribute, attribute_split, hookable_copy, occlusion_window
@@ -64,20 +64,6 @@ def test_integrated_gradients_completeness(model, images, settings):
     torch.testing.assert_close(total, delta, rtol=0.05, atol=0.02 * float(delta.abs().max()))
 
 
-class _GuidedReLU(torch.autograd.Function):
-    """Springenberg et al. 2015: pass only positive gradients where the input was positive."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (x > 0)
-
-
 class _TinyNet(nn.Module):
     """conv-relu-conv-relu-linear where one in-place ReLU module is used twice (as torchvision's
     BasicBlock does); ``guided=True`` swaps in the manual guided ReLU."""
@@ -90,7 +76,7 @@ class _TinyNet(nn.Module):
         self.guided = False
 
     def forward(self, x):
-        act = _GuidedReLU.apply if self.guided else self.relu
+        act = GuidedReLU.apply if self.guided else self.relu
         return self.fc(act(self.conv2(act(self.conv1(x)))).flatten(1))
 
 

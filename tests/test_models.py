@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import REPO
+from conftest import REPO, GuidedReLU
 from xaipipe import registry
 from xaipipe.architectures import CMWP_LAYERS, IMAGENET_WEIGHTS, Architecture, architecture
 from xaipipe.config import validate_config
@@ -245,20 +245,6 @@ def test_cmwp_rejects_a_backbone_it_has_no_rule_for(models, images):
         backbone_mwp(model, images, TARGETS, "layer2", contrastive=True)
 
 
-class _GuidedReLU(torch.autograd.Function):
-    """Springenberg et al. 2015: pass only positive gradients where the input was positive."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (x > 0)
-
-
 @pytest.mark.parametrize("name", HEAVY)
 def test_guided_backprop_handles_the_archs_relus(models, images, settings, name):
     """Captum on the hookable copy (Bottleneck: one in-place ReLU module called three times;
@@ -268,7 +254,7 @@ def test_guided_backprop_handles_the_archs_relus(models, images, settings, name)
     manual = hookable_copy(models[name])
     for module in manual.modules():
         if isinstance(module, nn.ReLU):
-            module.forward = _GuidedReLU.apply
+            module.forward = GuidedReLU.apply
     x = images.clone().requires_grad_(True)
     manual(x)[torch.arange(2), TARGETS].sum().backward()
     torch.testing.assert_close(got, x.grad.sum(dim=1), rtol=1e-4, atol=1e-6)
