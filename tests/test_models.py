@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -25,6 +26,7 @@ from xaipipe.explain.attribution import attribute, hookable_copy
 from xaipipe.explain.cmwp import backbone_mwp
 from xaipipe.explain.sanity import cascading_models
 from xaipipe.models import DEFAULT_ARCH, build_model, load_model, save_model
+from xaipipe.report.settings import run_settings
 from xaipipe.train import initial_model
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -80,6 +82,15 @@ def test_every_builtin_describes_itself(name):
     arch = architecture(name)
     assert isinstance(arch, Architecture) and arch.name == name
     assert tuple(arch.cmwp_layers) == CMWP_LAYERS
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_the_reports_run_settings_name_the_architecture(name):
+    config = validate_config({"model": {"arch": name}}, source="test")
+    setting = dict(run_settings(config, [], pd.DataFrame(columns=["variant", "seed"])))
+    arch = architecture(name)
+    assert setting["architecture"].startswith(f"{arch.title} ({arch.origin}")
+    assert setting["architecture"].endswith(f"model.arch {name})")
 
 
 def test_unknown_arch_is_rejected_with_key_path_and_fix():

@@ -15,12 +15,13 @@ pytestmark = pytest.mark.slow
 def test_plugin_variant_and_method_run_through_the_whole_dag(tmp_path):
     work = copy_repo(tmp_path / "repo")
     snakemake(["--cores", "2", "--configfile", "config/ci.yaml", "tests/e2e/plugins.yaml"], work,
-              timeout=600)
+              warm_start=True, timeout=600)
     results = work / "results"
-    metrics = pd.read_json(results / "models" / "blur" / "metrics.json", typ="series")
+    metrics = pd.read_json(results / "models" / "blur" / "rep0" / "metrics.json", typ="series")
     assert 0 <= metrics["val_accuracy"] <= 1
     for split in ("train", "val", "val_matched"):
-        assert (results / "explain" / "blur" / "attributions" / f"grad_x_input_{split}.npy").is_file()
+        assert (results / "explain" / "blur" / "rep0" / "attributions"
+                / f"grad_x_input_{split}.npy").is_file()
     roar = pd.read_csv(results / "evaluate" / "roar_summary" / "roar_runs.csv")
     assert set(roar["method"]) == {"grad_x_input", "random"} and set(roar["variant"]) == {"blur"}
     localisation = pd.read_csv(results / "report" / "localisation.csv")

@@ -105,8 +105,9 @@ def test_pretrained_imagenet_without_cached_weights_stops_before_any_job(done, t
 def test_gpu_resource_caps_concurrent_gpu_jobs(done, monkeypatch):
     monkeypatch.setenv("XAIPIPE_FAKE_GPU_SECONDS", "1.5")
     (done / "results" / "gpu_concurrency.log").unlink(missing_ok=True)
-    snakemake(["--cores", "8", "--resources", "gpu=2", "--forcerun", "attribute", "featvis",
-               "undesirable", "sanity", *CI], done)
+    gpu_rules = ["attribute", "featvis", "undesirable", "sanity"]
+    snakemake(["--cores", "8", "--resources", "gpu=2", "--forcerun", *gpu_rules,
+               "--until", *gpu_rules, *CI], done)  # (--until: not their downstream jobs)
     counts = [int(n) for n in (done / "results" / "gpu_concurrency.log").read_text().split()]
     assert max(counts) == 2  # two ran together, never three
 

@@ -53,8 +53,17 @@ def run(args: list[str], cwd: Path, timeout: int = 300, check: bool = True,
     return proc
 
 
-def snakemake(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
-    return run([str(VENV_BIN / "snakemake"), *args], cwd, **kw)
+def warm(command: list[str]) -> list[str]:
+    """``command`` run under the warm fork server (xaipipe/forkserver.py): the jobs skip the
+    3-4 s of imports each, as in ``make demo``. The tests of the plain start-up path run
+    without it (the audited run, the SLURM slice)."""
+    return [str(VENV_BIN / "python"), "-m", "xaipipe.forkserver", "run", "--", *command]
+
+
+def snakemake(args: list[str], cwd: Path, *, warm_start: bool = False,
+              **kw) -> subprocess.CompletedProcess:
+    command = [str(VENV_BIN / "snakemake"), *args]
+    return run(warm(command) if warm_start else command, cwd, **kw)
 
 
 def missing_scripts(stage_names) -> list[str]:
