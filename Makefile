@@ -19,8 +19,11 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m xaipipe.forkserver run -- \
 		$(BIN)/snakemake --cores all --scheduler greedy --configfile config/demo.yaml
 
+# Two pytest workers (pytest-xdist), one test file each at a time: the end-to-end runs wait
+# on SLURM and on single-threaded stages, so the other worker fills the cores meanwhile.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
