@@ -11,6 +11,7 @@ compares the ``verdict`` column of ``effects.csv`` for the headline metrics
 
 Prints one row per (metric, method, variant) with the verdict of every seed and whether they
 agree, the effect and CI of every seed, each run's wall time, and last the agreement:
+``effect signs agree: K of N`` (the direction of every effect) and
 ``headline verdicts agree: K of N (P %)``. Exit status 1 when they do not all agree.
 """
 
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -59,7 +61,10 @@ def compare(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, int, int]:
     verdicts = long.pivot_table(index=["metric", "method", "variant"], columns="seed",
                                 values="verdict", aggfunc="first")
     agree = verdicts.notna().all(axis=1) & (verdicts.nunique(axis=1) == 1)
+    signs = np.sign(long.pivot_table(index=["metric", "method", "variant"], columns="seed",
+                                     values="effect", aggfunc="first"))
     wide["agree"] = agree
+    wide["same sign"] = signs.notna().all(axis=1) & (signs.nunique(axis=1) == 1)
     return wide.reset_index(), int(agree.sum()), len(agree)
 
 
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     table, agree, total = compare([headline_verdicts(root, s) for s in args.seeds])
     with pd.option_context("display.width", 250, "display.max_colwidth", 60):
         print(table.to_string(index=False))
+    same_sign = int(table["same sign"].sum())
+    print(f"effect signs agree: {same_sign} of {total} (the direction; a verdict also needs "
+          "its CI to exclude 0)")
     print(f"headline verdicts agree: {agree} of {total} ({100 * agree / max(total, 1):.0f} %)")
     return 0 if agree == total else 1
 
