@@ -100,15 +100,15 @@ drops images below ``dataset.min_fg_fraction``; the estimate does not)."""
 CHECK_FACTOR = 2.0
 """``--check`` flags a stage whose estimate and measurement differ by more than this factor."""
 
-# --- CPU constants, measured on the 2-core demo machine (seconds) ---------------------------
+# --- CPU constants, fitted to the demo on the 2-core machine (2026-12-04, seed 0) -----------
 
 FIGURE_S = 0.6
 """One matplotlib figure saved as PNG (learning curve, cascade plot, saliency grid, ...)."""
-SYNTHETIC_IMAGE_S = 0.006
+SYNTHETIC_IMAGE_S = 0.004
 """make_synthetic: drawing and JPEG-encoding one image with its mask, per 64 x 64 pixels."""
-INDEX_IMAGE_S = 0.004
+INDEX_IMAGE_S = 0.0012
 """index: reading one image's annotation and mask."""
-VARIANT_IMAGE_S = 0.004
+VARIANT_IMAGE_S = 0.0015
 """variant: decoding, resizing and storing one image of one split."""
 VOC_DOWNLOAD_S = 900.0
 """download_voc without ``dataset.voc_root``: the 2 GB tarball at ~3 MB/s plus extraction
@@ -118,7 +118,7 @@ BOOKKEEPING_S = 1.0
 aggregate), per input job."""
 BOOKKEEPING_PER_INPUT_S = 0.02
 """...plus this per file it reads."""
-REPORT_S = 12.0
+REPORT_S = 4.0
 """report: the HTML page with its figures (saliency grids, curves, tables)."""
 SPEARMAN_PIXEL_S = 2e-7
 """sanity: one Spearman correlation, per pixel of the map (scipy ranks both maps)."""
