@@ -242,7 +242,7 @@ def test_run_settings_head_the_report_and_sources(stage_outputs):
     sources = pd.read_csv(paths.report_table(config, "sources"))
     setting = dict(sources.query("table == 'run_settings'")[["path", "status"]].to_numpy())
     assert setting["config files merged"] == " + ".join(files)
-    assert setting["dataset"] == "synthetic" and setting["resolution"] == "40 px (squash)"
+    assert setting["dataset"] == "synthetic" and setting["resolution"] == f"{config['resolution']} px (squash)"
     assert setting["architecture"].startswith("ResNet18")
     assert setting["pretrained start"] == "none" and setting["master seed"] == "0"
     assert re.fullmatch(r"[0-9a-f]{40}( \+ uncommitted changes)?", setting["git commit"])

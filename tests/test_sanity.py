@@ -76,7 +76,8 @@ def test_oracle_maps_fail_the_cascading_check_as_they_should():
 
 
 def test_sanity_stage_outputs(make_config, fake_variant_store):
-    config = make_config({"sanity": {"methods": ["gradient", "gradcam"], "num_images": 3},
+    config = make_config({"sanity": {"methods": ["gradient", "gradcam"], "num_images": 3,
+                                     "data_randomisation": True},
                           "explain": {"methods": ["gradient", "random"], "saliency_figure_images": 2},
                           "train": {"epochs": 1, "batch_size": 8}})
     fake_variant_store(config, "black", {"train": 8, "val": 4})
