@@ -222,3 +222,14 @@ def test_jobs_longer_than_their_rules_runtime_are_named():
     assert any(w.startswith("train:") and "runtime=720" in w for w in warnings)
     assert not any(w.startswith("attribute:") for w in warnings)
     assert cost.runtime_warnings(cost.estimate(config, fake_rates(config))) == []
+
+
+def test_importing_the_package_main_does_not_run_the_command():
+    """The fork server imports every ``xaipipe`` module (pkgutil.walk_packages) before it
+    serves jobs: ``python -m xaipipe.cost``'s ``__main__`` must run only as the main module."""
+    import importlib
+    import sys
+
+    sys.modules.pop("xaipipe.cost.__main__", None)
+    module = importlib.import_module("xaipipe.cost.__main__")
+    assert module.main is cost.main

@@ -1,7 +1,8 @@
-"""``python -m xaipipe.cost``."""
+"""``python -m xaipipe.cost``. Guarded: the fork server imports every ``xaipipe`` module."""
 
 import sys
 
 from xaipipe.cost.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
