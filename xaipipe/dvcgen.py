@@ -41,7 +41,7 @@ REGISTRY_LOOKUPS = {"variant_function": "variants", "method_function": "methods"
 depends on every module that axis registers (built-in or plug-in)."""
 
 
-def _module_file(name: str) -> Path | None:
+def module_file(name: str) -> Path | None:
     """The source file of ``xaipipe`` module ``name`` (package ``__init__`` included)."""
     relative = Path(*name.split("."))
     for candidate in (REPO_DIR / relative.with_suffix(".py"), REPO_DIR / relative / "__init__.py"):
@@ -50,7 +50,8 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _module_name(path: Path) -> str:
+def module_name(path: Path) -> str:
+    """The dotted name of the ``xaipipe`` module in ``path`` (a package for ``__init__.py``)."""
     parts = list(path.resolve().relative_to(REPO_DIR).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -59,7 +60,7 @@ def _imports_of(path: Path) -> tuple[set[str], set[str]]:
     """(``xaipipe`` modules that ``path`` imports anywhere in its body, registry axes whose
     targets it imports by name)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     modules, axes = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -75,7 +76,7 @@ def _imports_of(path: Path) -> tuple[set[str], set[str]]:
             called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
             if called in REGISTRY_LOOKUPS:
                 axes.add(REGISTRY_LOOKUPS[called])
-    ours = {m for m in modules if m.split(".")[0] == PACKAGE and _module_file(m)}
+    ours = {m for m in modules if m.split(".")[0] == PACKAGE and module_file(m)}
     # importing a.b.c runs a/__init__ and a/b/__init__ too
     ours |= {".".join(m.split(".")[:i]) for m in ours for i in range(1, m.count(".") + 1)}
     return ours, axes
@@ -104,10 +105,10 @@ def library_modules(script: str | Path, config: Mapping | None = None) -> list[s
         seen.add(path)
         modules, used = _scan(path)
         axes |= used
-        todo += [_module_file(m) for m in modules]
+        todo += [module_file(m) for m in modules]
         for axis in used:
             for target in registry.AXES[axis].values():
-                todo.append(_module_file(target.split(":")[0]))
+                todo.append(module_file(target.split(":")[0]))
             for target in registry.plugins(config, axis).values():
                 plugin = _plugin_file(target.split(":")[0], config)
                 if plugin is not None:

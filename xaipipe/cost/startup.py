@@ -13,21 +13,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from xaipipe.dvcgen import PACKAGE, REPO_DIR, module_file, module_name
 from xaipipe.errors import XaipipeError
 from xaipipe.pipeline import STAGES, Stage
-
-REPO = Path(__file__).resolve().parents[2]
 
 PYTHON = "python"
 """The :attr:`Rates.startup_s` entry of the interpreter's own start (with a fork server: the
 whole hand-off of a job to the warm server)."""
-OWN = "xaipipe"
-
-
-def _module_file(name: str) -> Path | None:
-    """The source file of ``xaipipe`` module ``name`` (a package's ``__init__.py``), if any."""
-    base = REPO.joinpath(*name.split("."))
-    return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
 
 
 def _executed(body: Sequence[ast.stmt]):
@@ -50,13 +42,8 @@ def _imported_at_load(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
             names |= {f"{node.module}.{alias.name}" for alias in node.names
-                      if _module_file(f"{node.module}.{alias.name}")}
+                      if module_file(f"{node.module}.{alias.name}")}
     return names
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,16 +55,16 @@ def _loads(path: Path) -> tuple[frozenset[str], frozenset[str]]:
     while todo:
         for name in _imported_at_load(todo.pop()):
             parts = name.split(".")
-            if parts[0] != OWN:
+            if parts[0] != PACKAGE:
                 if parts[0] not in sys.stdlib_module_names and parts[0] != "__future__":
                     third.add(name)
                 continue
             for depth in range(1, len(parts) + 1):
-                found = _module_file(".".join(parts[:depth]))
+                found = module_file(".".join(parts[:depth]))
                 if found is not None and found not in seen:
                     seen.add(found)
                     todo.append(found)
-    return frozenset(third), frozenset(_module_name(f) for f in seen)
+    return frozenset(third), frozenset(module_name(f) for f in seen)
 
 
 MODEL_IMPORTS = frozenset({"torch", "torchvision"})
@@ -93,7 +80,7 @@ def startup_modules(stage_name: str) -> frozenset[str]:
     stage that builds a model. Hand-written because :func:`xaipipe.dvcgen.library_modules`
     follows lazy imports inside functions too, which a start-up does not pay."""
     stage = STAGES[stage_name]
-    third, own = _loads(REPO / stage.script)
+    third, own = _loads(REPO_DIR / stage.script)
     return third | own | (MODEL_IMPORTS if stage.gpu else frozenset())
 
 
@@ -109,7 +96,7 @@ print(json.dumps(seconds))
 
 def _run_timed(command: list[str], what: str) -> tuple[float, str]:
     tic = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_DIR)
     seconds = time.perf_counter() - tic
     if done.returncode != 0:
         raise XaipipeError(f"measuring {what}: {' '.join(command[:3])} ... exited "
@@ -124,10 +111,10 @@ def import_order(stage_names: Sequence[str]) -> list[str]:
     modules = set().union(*(startup_modules(name) for name in stage_names))
     users = {top: sum(any(m.split(".")[0] == top for m in startup_modules(name))
                       for name in stage_names) for top in {m.split(".")[0] for m in modules}}
-    third = sorted((m for m in modules if m.split(".")[0] != OWN),
+    third = sorted((m for m in modules if m.split(".")[0] != PACKAGE),
                    key=lambda m: (-users[m.split(".")[0]], m.split(".")[0], m.count("."), m))
-    own = sorted((m for m in modules if m.split(".")[0] == OWN),
-                 key=lambda m: (len(_loads(_module_file(m))[1]), m))
+    own = sorted((m for m in modules if m.split(".")[0] == PACKAGE),
+                 key=lambda m: (len(_loads(module_file(m))[1]), m))
     return third + own
 
 
@@ -144,5 +131,5 @@ def measure_imports(stage_names: Sequence[str]) -> dict[str, float]:
 def measure_forkserver_startup(config_files: Sequence[str], stage: Stage) -> dict[str, float]:
     """With a live fork server: the wall seconds of handing ``python workflow_scripts/<stage>.py
     --help`` to it (every package is already imported there), as the :data:`PYTHON` entry."""
-    command = [sys.executable, str(REPO / stage.script), "--config", *config_files, "--help"]
+    command = [sys.executable, str(REPO_DIR / stage.script), "--config", *config_files, "--help"]
     return {PYTHON: _run_timed(command, "the fork server's start-up")[0]}
