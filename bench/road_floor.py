@@ -1,0 +1,140 @@
+"""How fast could the iterative ROAD solver be on this CPU? A lower bound from its own pass count.
+
+The goal "batched ROAD imputation at >= 20x the exact solve's images/s at 224 px on one CPU
+thread" gives every imputation a time budget: ``1 / (20 x exact imputations/s)``. The
+multigrid-preconditioned CG of ``xaipipe/evaluate/road_solver.py`` must, per iteration, pass
+over the fine grid at least ``1 + 4 x 4/3`` times (CG's operator application; the V-cycle's two
+operator applications, its restriction and its prolongation, on every level, the coarse levels
+together a third of the fine grid), and to build its hierarchy at least ``3 x 4/3`` times (9
+one-channel probe applications per coarsening). This script measures, on the same masks as
+``bench/bench_road.py``:
+
+- the exact solve's imputations/s (SciPy LU, ``roar.road_solver: exact``), hence the budget;
+- the iterative solver's iterations per (order, fraction) point and its imputations/s;
+- the time of one fine-grid pass, twice: the solver's own operator application (eager torch,
+  in place) and the fastest form measured, a stencil fused into one loop by ``torch.compile``;
+
+and prints the floor ``(iterations x passes + build passes) x pass time / systems`` for both.
+A floor at or above the budget means this algorithm cannot reach 20x on this machine however
+its passes are implemented: vector updates, dot products and the 9-coefficient coarse stencils
+(slower per pixel than the fine one) all come on top. Compiling takes 5-20 s the first time::
+
+    .venv/bin/python bench/road_floor.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_road import make_maps, removal_masks  # noqa: E402
+from xaipipe.evaluate import road_solver  # noqa: E402
+from xaipipe.evaluate.road import linear_imputation  # noqa: E402
+
+FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9]
+GOAL = 20
+COARSE_SHARE = 4 / 3
+"""Fine grid plus every coarser one (each a quarter of the one above)."""
+PASSES_PER_ITERATION = 1 + 4 * COARSE_SHARE
+PASSES_PER_BUILD = 3 * COARSE_SHARE
+
+
+def seconds_per_call(function, repeats: int) -> float:
+    function()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - started) / repeats
+
+
+def fused_operator(padded: torch.Tensor, centre: torch.Tensor, active: torch.Tensor,
+                   out: torch.Tensor) -> torch.Tensor:
+    """``12 (D - W) x`` of ``road_solver.fine_apply`` on a zero-bordered ``B x C x H+2 x W+2``
+    tensor, written into the interior of ``out`` (the fastest of the forms tried)."""
+    rows = padded[..., :-2, :] + 2 * padded[..., 1:-1, :] + padded[..., 2:, :]
+    blurred = rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:]
+    out[..., 1:-1, 1:-1] = (centre * padded[..., 1:-1, 1:-1] - blurred) * active
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--images", type=int, default=8,
+                        help="images per solve (the solver's CPU batch is 8 systems)")
+    parser.add_argument("--exact-images", type=int, default=2,
+                        help="images timed with the exact solve (each at every point)")
+    parser.add_argument("--maps", choices=("random", "smooth"), default="random")
+    parser.add_argument("--tolerance", type=float, default=1e-6)
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    n, size = args.images, args.size
+    images = rng.integers(0, 256, (n, 3, size, size)) / 255.0
+    removed = removal_masks(make_maps(args.maps, n, size, rng), FRACTIONS, 0)
+    points = removed.shape[0]
+    print(f"{args.maps} maps, {size} px, {points} points, 1 torch thread; load average before: "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+
+    started = time.perf_counter()
+    for point in range(points):
+        for i in range(args.exact_images):
+            linear_imputation(images[i], removed[point, i])
+    exact_rate = points * args.exact_images / (time.perf_counter() - started)
+
+    pixels = torch.as_tensor(images, dtype=road_solver.DTYPE)
+    iterations = []
+    started = time.perf_counter()
+    for point in range(points):
+        iterations.append(road_solver.solve(pixels, torch.as_tensor(removed[point]),
+                                            args.tolerance)[1])
+    iterative_rate = points * n / (time.perf_counter() - started)
+
+    level = road_solver.build_levels(torch.as_tensor(removed[-1])[:, None], 3)[0]
+    vector = level.grid.pad(pixels) * level.active
+    product = level.grid.zeros()
+    eager_pass = seconds_per_call(lambda: level.apply(vector, product), repeats=20)
+    padded = vector.view(level.grid.shape)
+    inner = (..., slice(1, -1), slice(1, -1))
+    centre = level.centre.view(level.grid.shape)[inner].contiguous()
+    active = level.active.view(level.grid.shape)[inner].contiguous()
+    out = torch.zeros_like(padded)
+    compiled = torch.compile(fused_operator, dynamic=False, fullgraph=True)
+    started = time.perf_counter()
+    compiled(padded, centre, active, out)
+    compile_s = time.perf_counter() - started
+    assert torch.allclose(out.view(-1), product, atol=1e-4), "fused pass differs from the solver's"
+    fused_pass = seconds_per_call(lambda: compiled(padded, centre, active, out), repeats=20)
+
+    mean_iterations = float(np.mean(iterations))
+    passes = mean_iterations * PASSES_PER_ITERATION + PASSES_PER_BUILD
+    budget_ms = 1e3 / (GOAL * exact_rate)
+    print(f"exact: {exact_rate:.2f} imputations/s -> {GOAL}x budget {budget_ms:.2f} ms per "
+          f"imputation")
+    print(f"iterative: {iterative_rate:.2f} imputations/s ({iterative_rate / exact_rate:.1f}x), "
+          f"{min(iterations)}-{max(iterations)} iterations per point (mean {mean_iterations:.1f})")
+    print(f"passes per imputation: {mean_iterations:.1f} x {PASSES_PER_ITERATION:.2f} + "
+          f"{PASSES_PER_BUILD:.1f} = {passes:.1f}")
+    for name, seconds in (("eager (the solver's)", eager_pass),
+                          (f"fused (torch.compile, {compile_s:.0f} s to compile)", fused_pass)):
+        floor_ms = passes * seconds * 1e3 / n
+        print(f"{name}: {seconds * 1e3:.2f} ms a pass over {n} systems -> floor {floor_ms:.2f} ms "
+              f"per imputation = {floor_ms / budget_ms:.0%} of the budget, at most "
+              f"{1e3 / floor_ms / exact_rate:.0f}x")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
