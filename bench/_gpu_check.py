@@ -19,15 +19,21 @@ check, columns check / setting / result / unit; progress goes to stderr as rows 
 - ``concurrent jobs``: 1, 2 and 4 training processes on one card, started together with
   ``gpu.jobs_per_device`` = their number (so they share it through the lock's slots), timed
   from a common start signal after their warm-up: all images trained / wall time.
+- ``road 224 px``: ROAD's imputation (``bench/bench_road.py``'s random images and maps, every
+  (order, fraction) point of ``config.yaml``'s ``roar.fractions``): images/s of the exact
+  solve (SciPy LU, on the CPU as always) and of the iterative solver on the card (256 systems
+  a solve, after a warm-up solve), their ratio, and the largest deviation between the two
+  (passes below 1e-4 in [0, 1] pixel units).
 
 Time on one H200 (the budget is 450 s; a check that no longer fits is reported as skipped,
 never estimated): the lock ~20 s (six Python processes importing torch, 2-3 s each); the
 DAG ~120 s (42 jobs, start-up-bound: ~4 s of imports and CUDA context per job, 4 GPU jobs
 at a time, on the critical path of ~9 stages); six uncompiled throughput rows ~50 s (4096
 images x 4 epochs at 2000-5000 images/s, plus making 0.6 GB of images); concurrency ~60 s
-(per run ~10 s of start-up and warm-up, then 4 epochs x 2048 images per process); the two
+(per run ~10 s of start-up and warm-up, then 4 epochs x 2048 images per process); ROAD ~15 s
+(two images through the exact solve on the CPU, ~1.5 s each; 64 through the card); the two
 compiled rows ~60 s each (Inductor compiles ResNet18's training step once per model; the
-second compile reuses its cache). Sum of the estimates: ~400 s.
+second compile reuses its cache). Sum of the estimates: ~415 s.
 
     bench/gpu_check.sh              # needs a CUDA device; says so and exits 2 without one
     bench/gpu_check.sh --cpu        # the same code on the CPU at tiny sizes (CPU numbers)
@@ -51,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKS = ("lock", "dag", "throughput", "concurrency")
+CHECKS = ("lock", "dag", "throughput", "concurrency", "road")
 BATCHES = {"gpu": (64, 256), "cpu": (8, 16)}
 VARIANTS = (  # (label, amp, channels_last, compile)
     ("fp32", False, False, False),
@@ -63,9 +69,13 @@ SIZES = {  # throughput: images, epochs (the first is warm-up); concurrency: per
     "gpu": {"images": 4096, "epochs": 4, "size": 224, "job_images": 2048, "job_epochs": 4},
     "cpu": {"images": 32, "epochs": 2, "size": 32, "job_images": 16, "job_epochs": 2},
 }
+ROAD_SIZES = {"gpu": {"size": 224, "exact_images": 2, "images": 64},
+              "cpu": {"size": 32, "exact_images": 2, "images": 8}}
+ROAD_DEVIATION = 1e-4
+"""Largest allowed |iterative - exact| in [0, 1] pixel units (as tests/test_road.py)."""
 DAG_JOBS_PER_DEVICE = 4
 DAG_LIMIT_S = 200  # the estimate is ~120 s: stop it well before it eats the other checks' time
-ESTIMATE_S = {"lock": 20, "dag": 120, "train": 8, "compile": 60, "job": 20}
+ESTIMATE_S = {"lock": 20, "dag": 120, "train": 8, "compile": 60, "job": 20, "road": 15}
 
 
 @dataclass
@@ -509,9 +519,61 @@ def concurrency_rows(work: Path, cpu: bool, budget: Budget, counts: list[int]) -
     return rows
 
 
+# --- ROAD's imputation: the exact solve against the iterative solver on the card ------------
+
+def road_rows(cpu: bool, budget: Budget) -> list[Row]:
+    """Images/s of both ROAD solvers on the same masks, their ratio and largest deviation."""
+    import numpy as np
+    import torch
+
+    from xaipipe.config import load_config
+    from xaipipe.device import claim_device
+    from xaipipe.evaluate.road import batch_linear_imputation
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_road import make_maps, removal_masks
+
+    sizes = ROAD_SIZES["cpu" if cpu else "gpu"]
+    size, n, n_exact = sizes["size"], sizes["images"], sizes["exact_images"]
+    check = f"road {size} px"
+    if not budget.allows(ESTIMATE_S["road"]):
+        return [Row(check, "exact vs iterative", "skipped", "time budget")]
+    config = load_config([REPO / "config.yaml"])
+    fractions = list(config["roar"]["fractions"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 3, size, size)) / 255.0
+    removed = removal_masks(make_maps("random", n, size, rng), fractions, config["seed"])
+    points = removed.shape[0]
+    tic = time.perf_counter()
+    exact = batch_linear_imputation(images[:n_exact], removed[:, :n_exact], solver="exact")
+    exact_rate = n_exact / (time.perf_counter() - tic)
+    tolerance = config["roar"]["road_tolerance"]
+    with claim_device("cpu" if cpu else "cuda") as device:
+        batch_linear_imputation(images[:1], removed[:1, :1], solver="iterative",
+                                tolerance=tolerance, device=device)  # warm-up: CUDA context
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tic = time.perf_counter()
+        iterative = batch_linear_imputation(images, removed, solver="iterative",
+                                            tolerance=tolerance, device=device)
+        iterative_rate = n / (time.perf_counter() - tic)
+    deviation = float(np.abs(iterative[:, :n_exact] - exact).max())
+    rows = [
+        Row(check, f"exact (SciPy LU, CPU), {n_exact} images x {points} points", f"{exact_rate:.2f}",
+            "images/s"),
+        Row(check, f"iterative ({device}), {n} images x {points} points, tolerance {tolerance:g}",
+            f"{iterative_rate:.2f}", "images/s"),
+        Row(check, f"iterative / exact; max deviation {deviation:.1e} (limit {ROAD_DEVIATION:g})",
+            f"{iterative_rate / exact_rate:.1f}", "x", deviation < ROAD_DEVIATION),
+    ]
+    for row in rows:
+        progress(f"{row.check}: {row.result} {row.unit} ({row.setting})", budget)
+    return rows
+
+
 # --- the table and the driver -------------------------------------------------------------
 
-ORDER = ("device lock", "stage", "tiny DAG", "train", "concurrent jobs")
+ORDER = ("device lock", "stage", "tiny DAG", "train", "concurrent jobs", "road")
 
 
 def table(rows: list[Row]) -> str:
@@ -545,6 +607,9 @@ def plan_rows(cpu: bool, checks: list[str], counts: list[int]) -> list[Row]:
         for jobs in counts:
             rows.append(Row("concurrent jobs", f"{jobs} job(s) on one card",
                             f"~{ESTIMATE_S['job'] * (1 + jobs / 4):.0f}", "s (estimate)"))
+    if "road" in checks:
+        rows.append(Row(f"road {ROAD_SIZES[mode]['size']} px", "exact (CPU) vs iterative (card)",
+                        f"~{ESTIMATE_S['road']}", "s (estimate)"))
     total = sum(float(r.result.lstrip("~")) for r in rows)
     return rows + [Row("total", "sum of the estimates", f"~{total:.0f}", "s (estimate)")]
 
@@ -584,6 +649,7 @@ def run_checks(args: argparse.Namespace, checks: list[str], counts: list[int]) -
             ("dag", lambda: dag_rows(work, args.cpu, budget, cards)),
             ("throughput", lambda: throughput_rows(args.cpu, budget, compiled=False)),
             ("concurrency", lambda: concurrency_rows(work, args.cpu, budget, counts)),
+            ("road", lambda: road_rows(args.cpu, budget)),
             ("throughput", lambda: throughput_rows(args.cpu, budget, compiled=True)),
         ]
         for check, step in steps:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, one table: training images/s at 224 px (fp32 / AMP / channels_last /
 # torch.compile, batch 64 and 256), 1, 2 and 4 concurrent jobs on one card, every stage of the
-# tiny DAG (config/ci.yaml) on CUDA, and the device lock with two processes.
+# tiny DAG (config/ci.yaml) on CUDA, the device lock with two processes, and ROAD's
+# imputation at 224 px: the exact solve (CPU) against the iterative solver on the card.
 # Under 8 minutes on one H200 (estimates in bench/_gpu_check.py); the hard limit below stops it
 # at 8 minutes and it still prints the rows it measured.
 #

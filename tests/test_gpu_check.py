@@ -1,6 +1,7 @@
 """bench/gpu_check.sh stays ready for a GPU: its plan fits the 8 minutes, it refuses to run
 without a CUDA device (no numbers), it reads a Snakemake dry run and the benchmark files right,
-and its CPU mode runs the same code end to end (lock, throughput, concurrency) at tiny sizes.
+and its CPU mode runs the same code end to end (lock, throughput, concurrency, ROAD) at tiny
+sizes.
 The GPU numbers themselves can only come from a GPU run."""
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def test_dry_run_plans_every_check_within_eight_minutes():
     checks = [row[0] for row in rows]
     assert checks.count("train 224 px") == 8  # 2 batch sizes x fp32 / AMP / +channels_last / +compile
     assert checks.count("concurrent jobs") == 3 and "device lock" in checks and "stage <each>" in checks
+    assert checks.count("road 224 px") == 1  # ROAD: exact (CPU) vs iterative (card)
     total = float(rows[-1][2].lstrip("~"))
     assert rows[-1][0] == "total" and total < 450  # the budget; gpu_check.sh stops at 480 s
 
@@ -119,10 +121,11 @@ def test_stage_rows_count_benchmarked_jobs_and_cuda_claims(gpu_check, tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_mode_runs_lock_throughput_and_concurrency_end_to_end():
+def test_cpu_mode_runs_lock_throughput_concurrency_and_road_end_to_end():
     """The same code as on a GPU, on the CPU at tiny sizes (the lock on one fake card);
     about 40 s on two idle cores."""
-    proc = _run("--cpu", "--only", "lock,throughput,concurrency", "--jobs", "2", "--budget-s", "850")
+    proc = _run("--cpu", "--only", "lock,throughput,concurrency,road", "--jobs", "2",
+                "--budget-s", "850")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     rows = _table(proc.stdout)
     assert [r[2] for r in rows if r[0] == "device lock"] == ["pass"] * 3
@@ -131,3 +134,6 @@ def test_cpu_mode_runs_lock_throughput_and_concurrency_end_to_end():
     assert [r[2] for r in rows if r[0] == "train 32 px" and r[3] == "CUDA only"] == ["n/a"] * 4
     (concurrent,) = [r for r in rows if r[0] == "concurrent jobs"]
     assert float(concurrent[2]) > 0 and "2 job(s), gpu.jobs_per_device 2" in concurrent[1]
+    road = [r for r in rows if r[0] == "road 32 px"]
+    assert [r[3] for r in road] == ["images/s", "images/s", "x"]
+    assert all(float(r[2]) > 0 for r in road) and "max deviation" in road[2][1]
