@@ -39,10 +39,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_road import make_maps, removal_masks  # noqa: E402
+from xaipipe.config import load_config  # noqa: E402
 from xaipipe.evaluate import road_solver  # noqa: E402
 from xaipipe.evaluate.road import linear_imputation  # noqa: E402
 
-FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9]
 GOAL = 20
 COARSE_SHARE = 4 / 3
 """Fine grid plus every coarser one (each a quarter of the one above)."""
@@ -70,20 +70,24 @@ def fused_operator(padded: torch.Tensor, centre: torch.Tensor, active: torch.Ten
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", nargs="+", default=[str(REPO / "config.yaml")],
+                        help="config files (roar.fractions, roar.road_tolerance, seed)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--images", type=int, default=8,
                         help="images per solve (the solver's CPU batch is 8 systems)")
     parser.add_argument("--exact-images", type=int, default=2,
                         help="images timed with the exact solve (each at every point)")
     parser.add_argument("--maps", choices=("random", "smooth"), default="random")
-    parser.add_argument("--tolerance", type=float, default=1e-6)
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    config = load_config(args.config)
+    tolerance = config["roar"]["road_tolerance"]
     rng = np.random.default_rng(0)
     n, size = args.images, args.size
     images = rng.integers(0, 256, (n, 3, size, size)) / 255.0
-    removed = removal_masks(make_maps(args.maps, n, size, rng), FRACTIONS, 0)
+    removed = removal_masks(make_maps(args.maps, n, size, rng),
+                            list(config["roar"]["fractions"]), config["seed"])
     points = removed.shape[0]
     print(f"{args.maps} maps, {size} px, {points} points, 1 torch thread; load average before: "
           f"{os.getloadavg()[0]:.2f}", flush=True)
@@ -99,7 +103,7 @@ def main() -> None:
     started = time.perf_counter()
     for point in range(points):
         iterations.append(road_solver.solve(pixels, torch.as_tensor(removed[point]),
-                                            args.tolerance)[1])
+                                            tolerance)[1])
     iterative_rate = points * n / (time.perf_counter() - started)
 
     masks = torch.as_tensor(removed[-1])[:, None]
