@@ -71,8 +71,6 @@ SIZES = {  # throughput: images, epochs (the first is warm-up); concurrency: per
 }
 ROAD_SIZES = {"gpu": {"size": 224, "exact_images": 2, "images": 64},
               "cpu": {"size": 32, "exact_images": 2, "images": 8}}
-ROAD_DEVIATION = 1e-4
-"""Largest allowed |iterative - exact| in [0, 1] pixel units (as tests/test_road.py)."""
 DAG_JOBS_PER_DEVICE = 4
 DAG_LIMIT_S = 200  # the estimate is ~120 s: stop it well before it eats the other checks' time
 ESTIMATE_S = {"lock": 20, "dag": 120, "train": 8, "compile": 60, "job": 20, "road": 15}
@@ -524,14 +522,13 @@ def concurrency_rows(work: Path, cpu: bool, budget: Budget, counts: list[int]) -
 def road_rows(cpu: bool, budget: Budget) -> list[Row]:
     """Images/s of both ROAD solvers on the same masks, their ratio and largest deviation."""
     import numpy as np
-    import torch
 
     from xaipipe.config import load_config
     from xaipipe.device import claim_device
     from xaipipe.evaluate.road import batch_linear_imputation
 
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_road import make_maps, removal_masks
+    from bench_road import MAX_DEVIATION, road_case, timed
 
     sizes = ROAD_SIZES["cpu" if cpu else "gpu"]
     size, n, n_exact = sizes["size"], sizes["images"], sizes["exact_images"]
@@ -539,32 +536,27 @@ def road_rows(cpu: bool, budget: Budget) -> list[Row]:
     if not budget.allows(ESTIMATE_S["road"]):
         return [Row(check, "exact vs iterative", "skipped", "time budget")]
     config = load_config([REPO / "config.yaml"])
-    fractions = list(config["roar"]["fractions"])
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 3, size, size)) / 255.0
-    removed = removal_masks(make_maps("random", n, size, rng), fractions, config["seed"])
+    images, removed = road_case("random", n, size, list(config["roar"]["fractions"]),
+                                config["seed"])
     points = removed.shape[0]
-    tic = time.perf_counter()
-    exact = batch_linear_imputation(images[:n_exact], removed[:, :n_exact], solver="exact")
-    exact_rate = n_exact / (time.perf_counter() - tic)
+    exact, exact_s = timed(images[:n_exact], removed[:, :n_exact], solver="exact")
+    exact_rate = n_exact / exact_s
     tolerance = config["roar"]["road_tolerance"]
     with claim_device("cpu" if cpu else "cuda") as device:
+        # warm-up (CUDA context); its result comes back to the CPU, so the card is idle after it
         batch_linear_imputation(images[:1], removed[:1, :1], solver="iterative",
-                                tolerance=tolerance, device=device)  # warm-up: CUDA context
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        tic = time.perf_counter()
-        iterative = batch_linear_imputation(images, removed, solver="iterative",
-                                            tolerance=tolerance, device=device)
-        iterative_rate = n / (time.perf_counter() - tic)
+                                tolerance=tolerance, device=device)
+        iterative, iterative_s = timed(images, removed, solver="iterative", tolerance=tolerance,
+                                       device=device)
+        iterative_rate = n / iterative_s
     deviation = float(np.abs(iterative[:, :n_exact] - exact).max())
     rows = [
         Row(check, f"exact (SciPy LU, CPU), {n_exact} images x {points} points", f"{exact_rate:.2f}",
             "images/s"),
         Row(check, f"iterative ({device}), {n} images x {points} points, tolerance {tolerance:g}",
             f"{iterative_rate:.2f}", "images/s"),
-        Row(check, f"iterative / exact; max deviation {deviation:.1e} (limit {ROAD_DEVIATION:g})",
-            f"{iterative_rate / exact_rate:.1f}", "x", deviation < ROAD_DEVIATION),
+        Row(check, f"iterative / exact; max deviation {deviation:.1e} (limit {MAX_DEVIATION:g})",
+            f"{iterative_rate / exact_rate:.1f}", "x", deviation < MAX_DEVIATION),
     ]
     for row in rows:
         progress(f"{row.check}: {row.result} {row.unit} ({row.setting})", budget)

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_road import make_maps, removal_masks  # noqa: E402
+from bench_road import road_case  # noqa: E402
 from xaipipe.config import load_config  # noqa: E402
 from xaipipe.evaluate import road_solver  # noqa: E402
 from xaipipe.evaluate.road import linear_imputation  # noqa: E402
@@ -83,11 +83,9 @@ def main() -> None:
     torch.set_num_threads(1)
     config = load_config(args.config)
     tolerance = config["roar"]["road_tolerance"]
-    rng = np.random.default_rng(0)
     n, size = args.images, args.size
-    images = rng.integers(0, 256, (n, 3, size, size)) / 255.0
-    removed = removal_masks(make_maps(args.maps, n, size, rng),
-                            list(config["roar"]["fractions"]), config["seed"])
+    images, removed = road_case(args.maps, n, size, list(config["roar"]["fractions"]),
+                                config["seed"])
     points = removed.shape[0]
     print(f"{args.maps} maps, {size} px, {points} points, 1 torch thread; load average before: "
           f"{os.getloadavg()[0]:.2f}", flush=True)
